@@ -1,0 +1,41 @@
+"""The batch-former contract: one method, called once per iteration by `SchedulingLoop`.
+
+A former sees a `SchedulerState` and returns a `BatchDecision`. It is deterministic for a given
+state and constructor arguments and must not mutate the state; the loop validates and applies
+the decision. Per-request adaptive knowledge (A_min's rising lower bound) is derived from the
+request records, not stored in the former.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Protocol
+
+from algorithms.state import SchedulerState
+from algorithms.types import BatchDecision, WaitingRequest
+
+
+class BatchFormer(Protocol):
+    """Decides, each iteration, which waiting requests start and which running ones are evicted.
+
+    Attributes:
+        name: the registry / CLI name.
+        can_evict: whether the former may return a non-empty `evict`. The loop rejects evictions
+            from a former that says False, and treats a capacity overflow of such a former as a
+            bug unless a running request outlived its predicted upper bound.
+    """
+
+    name: ClassVar[str]
+    can_evict: ClassVar[bool]
+
+    def waiting_key(self, request: WaitingRequest) -> Any:
+        """Sort key of the waiting queue: the loop keeps waiting requests in this order."""
+        ...
+
+    def planning_length(self, request: WaitingRequest) -> int:
+        """Output length the former plans with; the loop rejects `prompt + this > M` up front."""
+        ...
+
+    def form_batch(self, state: SchedulerState) -> BatchDecision:
+        """Return the admissions and evictions for iteration `state.step`."""
+        ...
+

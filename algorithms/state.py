@@ -1,0 +1,154 @@
+"""The scheduler's view of its queues: an ordered waiting queue and an array-backed running set.
+
+`WaitingQueue` keeps waiting requests sorted by the batch former's own priority key, so a
+former that admits a prefix of its order touches only that prefix (O(k log n), not O(n)).
+`RunningSet` keeps running requests as parallel numpy arrays in admission order, so one
+iteration's bookkeeping is a handful of vectorised operations whatever the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sortedcontainers import SortedKeyList
+
+from algorithms.types import RequestId, WaitingRequest
+
+IntArray = NDArray[np.int64]
+WaitingKey = Callable[[WaitingRequest], Any]
+
+
+def arrival_key(request: WaitingRequest) -> tuple[float, int]:
+    """Arrival order, ties in trace order (ids are assigned in trace order; spec §3.9)."""
+    return (request.arrival_s, request.id)
+
+
+class WaitingQueue:
+    """Waiting requests in a batch former's priority order (first = served first)."""
+
+    def __init__(self, key: WaitingKey = arrival_key) -> None:
+        self._sorted: SortedKeyList = SortedKeyList(key=key)
+        self._by_id: dict[RequestId, WaitingRequest] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def __iter__(self) -> Iterator[WaitingRequest]:
+        return iter(self._sorted)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._by_id
+
+    def get(self, request_id: RequestId) -> WaitingRequest:
+        return self._by_id[request_id]
+
+    def add(self, request: WaitingRequest) -> None:
+        if request.id in self._by_id:
+            raise ValueError(f"request {request.id} is already waiting")
+        self._by_id[request.id] = request
+        self._sorted.add(request)
+
+    def pop(self, request_id: RequestId) -> WaitingRequest:
+        request = self._by_id.pop(request_id)
+        self._sorted.remove(request)
+        return request
+
+
+_FIELDS = ("ids", "prompt_tokens", "lo", "hi", "generated", "max_generated", "start_step")
+
+
+class RunningSet:
+    """Running requests as parallel int64 arrays, oldest admission first.
+
+    `generated[j]` counts tokens produced by request j's current run before this iteration;
+    in the coming iteration it holds `prompt_tokens[j] + generated[j] + 1` KV tokens (spec §1.2).
+    """
+
+    def __init__(self) -> None:
+        empty = np.zeros(0, dtype=np.int64)
+        self.ids: IntArray = empty
+        self.prompt_tokens: IntArray = empty
+        self.lo: IntArray = empty
+        self.hi: IntArray = empty
+        self.generated: IntArray = empty
+        self.max_generated: IntArray = empty
+        self.start_step: IntArray = empty
+        self._requests: dict[RequestId, WaitingRequest] = {}
+        self.kv_tokens = 0  # sum of prompt + generated over running requests
+
+    def __len__(self) -> int:
+        return len(self._requests)
+
+    def __contains__(self, request_id: object) -> bool:
+        return request_id in self._requests
+
+    def request(self, request_id: RequestId) -> WaitingRequest:
+        """The request record a running request was admitted with."""
+        return self._requests[request_id]
+
+    def next_step_tokens(self) -> int:
+        """KV tokens the running requests hold in the coming iteration (one new token each)."""
+        return self.kv_tokens + len(self._requests)
+
+    def position(self, request_id: RequestId) -> int:
+        return int(np.flatnonzero(self.ids == request_id)[0])
+
+    def admit(self, requests: list[WaitingRequest], step: int) -> None:
+        if not requests:
+            return
+        count = len(requests)
+        new = {
+            "ids": [r.id for r in requests],
+            "prompt_tokens": [r.prompt_tokens for r in requests],
+            "lo": [r.interval.lo for r in requests],
+            "hi": [r.interval.hi for r in requests],
+            "generated": [0] * count,
+            "max_generated": [r.max_generated for r in requests],
+            "start_step": [step] * count,
+        }
+        for name in _FIELDS:
+            added = np.asarray(new[name], dtype=np.int64)
+            setattr(self, name, np.concatenate((getattr(self, name), added)))
+        for r in requests:
+            self._requests[r.id] = r
+        self.kv_tokens += sum(r.prompt_tokens for r in requests)
+
+    def remove(self, keep: NDArray[np.bool_]) -> list[tuple[WaitingRequest, int]]:
+        """Drop rows where `keep` is False; return (request, tokens generated) for each."""
+        dropped = np.flatnonzero(~keep)
+        out = [(self._requests.pop(int(self.ids[j])), int(self.generated[j])) for j in dropped]
+        self.kv_tokens -= int(self.prompt_tokens[dropped].sum() + self.generated[dropped].sum())
+        for name in _FIELDS:
+            setattr(self, name, getattr(self, name)[keep])
+        return out
+
+    def advance(self) -> None:
+        """Every running request produced one token in the iteration that just ran."""
+        self.generated += 1
+        self.kv_tokens += len(self._requests)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerState:
+    """What a batch former sees at the start of an iteration. It must not mutate it.
+
+    `step` is the iteration (slot) index t; `now_s` the clock at its start.
+    `max_batch_size` caps running + admitted requests (vLLM's max_num_seqs); None = no cap.
+    """
+
+    step: int
+    now_s: float
+    waiting: WaitingQueue
+    running: RunningSet
+    kv_capacity_tokens: int
+    max_batch_size: int | None = None
+
+    def batch_room(self) -> int:
+        """How many more requests the batch may take this iteration."""
+        if self.max_batch_size is None:
+            return len(self.waiting)
+        return max(0, self.max_batch_size - len(self.running))

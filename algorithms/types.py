@@ -1,0 +1,76 @@
+"""Value types shared by every batch former: what a policy may know about a request.
+
+The true output length is deliberately absent: only the executor (simulated or real) knows it,
+so a non-clairvoyant policy cannot read it by accident (spec §1.1, style §7.2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+RequestId = int
+
+
+@dataclass(frozen=True, slots=True)
+class LengthInterval:
+    """Predicted output length interval [lo, hi] in tokens, 1 <= lo <= hi (spec §4.1)."""
+
+    lo: int
+    hi: int
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.lo <= self.hi:
+            raise ValueError(f"interval needs 1 <= lo <= hi, got [{self.lo}, {self.hi}]")
+
+    @property
+    def width(self) -> int:
+        return self.hi - self.lo
+
+    def contains(self, length: int) -> bool:
+        return self.lo <= length <= self.hi
+
+
+@dataclass(frozen=True, slots=True)
+class WaitingRequest:
+    """A request that is not running: arrived, or evicted and back in the queue (spec §1.5).
+
+    `max_generated` is the most tokens any earlier run produced before it was evicted: the
+    request is known to need at least that many, which is what A_min's refinement uses.
+    """
+
+    id: RequestId
+    arrival_s: float
+    prompt_tokens: int
+    interval: LengthInterval
+    max_generated: int = 0
+    num_evictions: int = 0
+
+    def __post_init__(self) -> None:
+        if self.prompt_tokens < 1:
+            raise ValueError(f"request {self.id}: prompt_tokens must be >= 1")
+
+    def after_eviction(self, generated: int) -> WaitingRequest:
+        """The same request back in the queue after a run that produced `generated` tokens."""
+        return replace(
+            self,
+            max_generated=max(self.max_generated, generated),
+            num_evictions=self.num_evictions + 1,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class BatchDecision:
+    """What a batch former decides for one iteration (our `SchedulerOutput`).
+
+    `evict` happens before the iteration runs: evicted requests free all their KV tokens and
+    lose their progress (spec §1.5). `admit` may name requests evicted in the same decision
+    (A_min re-admits from scratch, spec §8.3). Admitted requests are prefilled and produce
+    their first token in this iteration.
+    """
+
+    admit: tuple[RequestId, ...] = field(default=())
+    evict: tuple[RequestId, ...] = field(default=())
+
+    @staticmethod
+    def empty() -> BatchDecision:
+        return BatchDecision()

@@ -1,0 +1,54 @@
+"""vLLM's default scheduling, the baseline users run today (ecosystem §1.4-1.5).
+
+Arrival order. If the running requests' next tokens overflow the KV cache, preempt the most
+recently admitted request (recompute: it restarts from scratch, spec §1.5) until they fit, and
+admit nothing in that iteration. Otherwise admit in order while each new prompt fits in the
+memory free now (minus an optional watermark), stopping at the first that does not: no
+look-ahead at how the batch will grow.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import numpy as np
+
+from algorithms._admission import admit_while_prompt_fits, check_fraction
+from algorithms.state import RunningSet, SchedulerState, arrival_key
+from algorithms.types import BatchDecision, RequestId, WaitingRequest
+
+
+def preempt_newest(running: RunningSet, capacity: int) -> tuple[RequestId, ...]:
+    """Most recently admitted first (vLLM pops the tail of `running`) until the rest fit."""
+    overflow = running.next_step_tokens() - capacity
+    victims: list[RequestId] = []
+    tokens = running.prompt_tokens + running.generated + 1
+    for j in np.lexsort((-running.ids, -running.start_step)):
+        if overflow <= 0:
+            break
+        victims.append(int(running.ids[j]))
+        overflow -= int(tokens[j])
+    return tuple(victims)
+
+
+class VLLMBatchFormer:
+    """FCFS, admit while the prompt fits now, preempt the newest on overflow."""
+
+    name: ClassVar[str] = "vllm"
+    can_evict: ClassVar[bool] = True
+
+    def __init__(self, *, watermark: float = 0.0) -> None:
+        self.watermark = check_fraction("watermark", watermark)
+
+    def waiting_key(self, request: WaitingRequest) -> Any:
+        return arrival_key(request)
+
+    def planning_length(self, request: WaitingRequest) -> int:
+        return request.interval.hi
+
+    def form_batch(self, state: SchedulerState) -> BatchDecision:
+        capacity = state.kv_capacity_tokens
+        if state.running.next_step_tokens() > capacity:
+            return BatchDecision(evict=preempt_newest(state.running, capacity))
+        free = int(capacity * (1.0 - self.watermark)) - state.running.next_step_tokens()
+        return BatchDecision(admit=tuple(admit_while_prompt_fits(state.waiting, free, state.batch_room())))
