@@ -1,18 +1,20 @@
 """Sorted-F group selection (spec §3.3-§3.7): minimise F(X) = sum(o) / |X|^2 over feasible X.
 
 Feasibility is additive (§3.4, §9 #6): sum(s_i + o_i) <= capacity; items that cannot fit alone are
-never chosen. Exact: the knapsack DP of §3.6, O(n * k_max * M) per group. Heuristic: §3.7 greedy
-plus local search. `select_group` uses the DP when n_fit <= 64 and n_fit * k_max * (M + 1) <= 2e7
-cells (~20 MB of take tables, ~0.1 s per group; plan_groups repeats it up to n times).
+never chosen. Exact: the knapsack DP of §3.6, O(n * k_max * M) per group. Heuristic (in
+_group_heuristics): §3.7 greedy, extra starts (ours) and local search. `select_group` uses the DP
+when n_fit <= 64 and n_fit * k_max * (M + 1) <= 2e7 cells (~20 MB of take tables, well under a
+second per group; plan_groups repeats it up to n times, so O(n^3 M) in all).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from algorithms._group_heuristics import greedy_group
 
 Tokens = npt.ArrayLike
 IntArray = npt.NDArray[np.int64]
@@ -137,103 +139,6 @@ def select_group_exact(
     return _exact(*_prepare(prompt_tokens, output_tokens, capacity, block_tokens))
 
 
-class _Move(NamedTuple):
-    sum_o: int
-    size: int
-    out_idx: int  # -1: nothing leaves
-    in_idx: int  # -1: nothing joins
-
-
-@dataclass(frozen=True, slots=True, eq=False)
-class _ByWeight:  # items sorted by (weight, id), for vectorised add / swap candidates
-    w: IntArray
-    o: IntArray
-    cap: int
-    order: IntArray
-    w_sorted: IntArray
-    o_sorted: IntArray
-
-
-def _add_move(v: _ByWeight, members: BoolArray, cur: _Move, slack: int) -> _Move | None:
-    ok = ~members[v.order] & (v.w_sorted <= slack)
-    vals = np.where(ok, v.o_sorted, _INF)
-    pos = int(np.argmin(vals))  # smallest o, then smallest weight, then id
-    if vals[pos] >= _INF:
-        return None
-    return _Move(cur.sum_o + int(vals[pos]), cur.size + 1, -1, int(v.order[pos]))
-
-
-def _swap_move(v: _ByWeight, members: BoolArray, cur: _Move, slack: int) -> _Move | None:
-    vals = np.where(~members[v.order], v.o_sorted, _INF)
-    prefix_min = np.minimum.accumulate(vals)
-    mem = np.flatnonzero(members)
-    limit = np.searchsorted(v.w_sorted, slack + v.w[mem], side="right")  # j fits if i leaves
-    best_in = np.where(limit > 0, prefix_min[np.maximum(limit - 1, 0)], _INF)
-    delta = np.where(best_in < _INF, best_in - v.o[mem], _INF)
-    t = int(np.argmin(delta))
-    if delta[t] >= 0:
-        return None
-    pos = int(np.argmin(vals[: limit[t]]))
-    return _Move(cur.sum_o + int(delta[t]), cur.size, int(mem[t]), int(v.order[pos]))
-
-
-def _remove_move(v: _ByWeight, members: BoolArray, cur: _Move) -> _Move | None:
-    if cur.size < 2:
-        return None
-    i = int(np.argmax(np.where(members, v.o, -1)))
-    return _Move(cur.sum_o - int(v.o[i]), cur.size - 1, i, -1)
-
-
-def _lower_f(a: _Move, b: _Move) -> bool:
-    """Exact F(a) < F(b) by cross-multiplication (no float cycling)."""
-    return a.sum_o * b.size**2 < b.sum_o * a.size**2
-
-
-def _local_search(v: _ByWeight, members: BoolArray, max_moves: int) -> BoolArray:
-    """Steepest descent over add / swap / remove; each move is feasible and strictly lowers F."""
-    cur = _Move(int(v.o[members].sum()), int(members.sum()), -1, -1)
-    for _ in range(max_moves):
-        slack = v.cap - int(v.w[members].sum())
-        best = cur
-        for cand in (_add_move(v, members, cur, slack), _swap_move(v, members, cur, slack),
-                     _remove_move(v, members, cur)):  # fmt: skip
-            if cand is not None and _lower_f(cand, best):
-                best = cand
-        if best is cur:
-            break
-        if best.out_idx >= 0:
-            members[best.out_idx] = False
-        if best.in_idx >= 0:
-            members[best.in_idx] = True
-        cur = best
-    return members
-
-
-def _greedy(
-    w: IntArray, o: IntArray, cap: int, local_search: bool, max_moves: int | None
-) -> IntArray:
-    ids = np.arange(w.size)
-    order = np.lexsort((ids, w, o))  # o ascending, then weight (i.e. s when o ties), then id
-    accepted: list[int] = []
-    used = 0
-    for idx, wi in zip(order.tolist(), w[order].tolist(), strict=True):  # first-fit scan
-        if used + wi <= cap:
-            accepted.append(idx)
-            used += wi
-    if not accepted:
-        return np.zeros(0, dtype=np.int64)
-    acc = np.array(accepted, dtype=np.int64)
-    f = np.cumsum(o[acc]) / np.arange(1, acc.size + 1, dtype=np.float64) ** 2
-    best_len = acc.size - int(np.argmin(f[::-1]))  # best prefix; ties -> the longer one
-    members = np.zeros(w.size, dtype=np.bool_)
-    members[acc[:best_len]] = True
-    if local_search:
-        by_w = np.lexsort((ids, w))
-        view = _ByWeight(w, o, cap, by_w, w[by_w], o[by_w])
-        members = _local_search(view, members, 10 * w.size if max_moves is None else max_moves)
-    return np.flatnonzero(members).astype(np.int64)
-
-
 def select_group_greedy(
     prompt_tokens: Tokens,
     output_tokens: Tokens,
@@ -241,14 +146,19 @@ def select_group_greedy(
     *,
     local_search: bool = True,
     max_moves: int | None = None,
+    multi_start: bool = True,
     block_tokens: int = 1,
 ) -> IntArray:
     """§3.7 greedy (best prefix of a first-fit scan by o ascending) + optional local search.
 
-    max_moves defaults to 10 * n. Always feasible; F is never below the exact optimum.
+    multi_start=True (ours) also scans in order of o + lam * w for a grid of lam and keeps the
+    best start; False is the spec's single start. max_moves defaults to 10 * n. Always
+    feasible; F is never below the exact optimum.
     """
     w, o, cap = _prepare(prompt_tokens, output_tokens, capacity, block_tokens)
-    return _greedy(w, o, cap, local_search, max_moves)
+    return greedy_group(
+        w, o, cap, multi_start=multi_start, local_search=local_search, max_moves=max_moves
+    )
 
 
 def select_group(
@@ -261,6 +171,7 @@ def select_group(
     block_tokens: int = 1,
     local_search: bool = True,
     max_moves: int | None = None,
+    multi_start: bool = True,
 ) -> IntArray:
     """Exact DP when n_fit <= exact_max_items and n_fit * k_max * (M + 1) <= exact_max_cells.
 
@@ -272,7 +183,9 @@ def select_group(
     cells = n_fit * _max_group_size(w[fit], cap) * (cap + 1)
     if n_fit <= exact_max_items and cells <= exact_max_cells:
         return _exact(w, o, cap)
-    return _greedy(w, o, cap, local_search, max_moves)
+    return greedy_group(
+        w, o, cap, multi_start=multi_start, local_search=local_search, max_moves=max_moves
+    )
 
 
 def plan_groups(

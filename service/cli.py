@@ -1,0 +1,42 @@
+"""The `kvsched` console command: one entry point, one subcommand per job.
+
+`kvsched simulate` replays a trace through batch formers (issue #2); `kvsched policies` lists
+them. Bad input (a malformed trace, an unknown policy, a bad option) ends with one line
+`kvsched: error: ...` and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from service import simulate_cmd
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvsched", description="KV-cache-aware scheduling for LLM inference."
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    simulate_cmd.add_parser(commands)
+    listing = commands.add_parser("policies", help="list the batch formers and their parameters")
+    listing.set_defaults(handler=simulate_cmd.list_policies)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.handler(args)
+    except (ValueError, OSError) as exc:
+        print(f"kvsched: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

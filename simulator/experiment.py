@@ -1,0 +1,101 @@
+"""One simulate run as the CLI and the benchmarks describe it: trace -> workload -> policies.
+
+`build_workload` applies arrival control and interval generation to a loaded trace;
+`run_policies` replays it through several batch formers and returns the JSON document of
+issue #2 (`trace`, `requests`, `cost_model`, `kv_capacity_tokens`, `intervals`, `seed`,
+`results`), with a progress bar over completed requests when asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from predictors.intervals import make_intervals
+from simulator.arrivals import with_arrivals
+from simulator.cost_model import CostModel
+from simulator.run import SimResult, Workload, simulate
+from simulator.traces import Trace
+
+
+@dataclass(frozen=True, slots=True)
+class ArrivalControl:
+    """At most one of rate_scale / rate / backlog; limit keeps the first N requests."""
+
+    rate_scale: float | None = None
+    rate: float | None = None
+    backlog: bool = False
+    limit: int | None = None
+
+
+def build_workload(
+    trace: Trace, intervals: str, *, seed: int, arrivals: ArrivalControl = ArrivalControl()
+) -> Workload:
+    """Arrival times per `arrivals`, then intervals per `intervals` (seeded)."""
+    trace = with_arrivals(
+        trace,
+        rate_scale=arrivals.rate_scale,
+        rate=arrivals.rate,
+        backlog=arrivals.backlog,
+        limit=arrivals.limit,
+        seed=seed,
+    )
+    given = (trace.lo, trace.hi) if trace.lo is not None and trace.hi is not None else None
+    lo, hi = make_intervals(intervals, trace.output_tokens, seed=seed, given=given)
+    return Workload(
+        np.array(trace.arrival_s, dtype=np.float64),
+        np.array(trace.prompt_tokens, dtype=np.int64),
+        np.array(trace.output_tokens, dtype=np.int64),
+        lo,
+        hi,
+    )
+
+
+@dataclass(slots=True)
+class Experiment:
+    """Everything needed to compare policies on one workload."""
+
+    workload: Workload
+    cost_model: CostModel
+    trace_name: str
+    intervals: str
+    seed: int
+    max_batch_size: int | None = None
+    params: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def run(self, policies: Sequence[str], *, show_progress: bool = False) -> dict[str, SimResult]:
+        results: dict[str, SimResult] = {}
+        for policy in policies:
+            with tqdm(
+                total=len(self.workload),
+                desc=f"{policy:>10}",
+                unit="req",
+                disable=not show_progress,
+                leave=True,
+            ) as bar:
+                results[policy] = simulate(
+                    self.workload,
+                    policy,
+                    self.cost_model,
+                    params=self.params.get(policy),
+                    max_batch_size=self.max_batch_size,
+                    progress=bar.update,
+                )
+        return results
+
+    def document(self, results: dict[str, SimResult]) -> dict[str, Any]:
+        """The `--json` document of issue #2."""
+        return {
+            "trace": self.trace_name,
+            "requests": len(self.workload),
+            "cost_model": self.cost_model.to_dict(),
+            "kv_capacity_tokens": self.cost_model.kv_capacity_tokens,
+            "intervals": self.intervals,
+            "seed": self.seed,
+            "max_batch_size": self.max_batch_size,
+            "results": {name: result.summary for name, result in results.items()},
+        }
