@@ -54,27 +54,38 @@ class SortedFBatchFormer:
 class SortedFContinuousBatchFormer(SortedFBatchFormer):
     """Sorted-F order (group index, then planning length), continuous §1.4 admission.
 
-    Carries the group order across iterations: re-planning all waiting requests every
-    iteration would cost O(n) group selections per step. The order is recomputed only when a
-    request it has not seen is waiting (an arrival); `reset()` forgets it.
+    Carries the group order across iterations: re-planning every waiting request at every
+    arrival costs a full group selection per arrival. Requests that arrived since the last plan
+    (the back of the arrival-ordered queue) are appended to the order as one more group, sorted
+    by planning length; the whole queue is re-planned once they reach `replan_fraction` of the
+    requests planned last time, or the plan runs out. `reset()` forgets the plan.
     """
 
     name: ClassVar[str] = "sorted-f-c"
 
-    def __init__(self, *, exact_max_items: int = 64) -> None:
+    def __init__(self, *, exact_max_items: int = 64, replan_fraction: float = 0.25) -> None:
         super().__init__(exact_max_items=exact_max_items)
+        self.replan_fraction = replan_fraction
         self._order: deque[RequestId] = deque()
         self._expected_waiting = 0  # waiting count if no request arrived since the last plan
+        self._planned = 0
+        self._appended = 0
 
     def reset(self) -> None:
         self._order.clear()
-        self._expected_waiting = 0
+        self._expected_waiting = self._planned = self._appended = 0
 
     def form_batch(self, state: SchedulerState) -> BatchDecision:
         if not len(state.waiting):
             return BatchDecision.empty()
-        if len(state.waiting) != self._expected_waiting:
-            self._replan(state)
+        arrived = len(state.waiting) - self._expected_waiting
+        if arrived > 0:
+            self._appended += arrived
+            if not self._order or self._appended > self.replan_fraction * self._planned:
+                self._replan(state)
+            else:
+                late = sorted(state.waiting.last(arrived), key=lambda r: (r.interval.hi, r.id))
+                self._order.extend(r.id for r in late)
         while self._order and self._order[0] not in state.waiting:
             self._order.popleft()
         memory = FutureMemory.for_running(
@@ -99,3 +110,4 @@ class SortedFContinuousBatchFormer(SortedFBatchFormer):
             members = sorted((waiting[i] for i in group), key=lambda r: (r.interval.hi, r.id))
             order.extend(r.id for r in members)
         self._order = deque(order)
+        self._planned, self._appended = len(waiting), 0

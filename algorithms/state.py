@@ -46,6 +46,10 @@ class WaitingQueue:
     def get(self, request_id: RequestId) -> WaitingRequest:
         return self._by_id[request_id]
 
+    def last(self, count: int) -> list[WaitingRequest]:
+        """The `count` requests at the back of the order."""
+        return list(self._sorted[len(self._sorted) - count :]) if count > 0 else []
+
     def add(self, request: WaitingRequest) -> None:
         if request.id in self._by_id:
             raise ValueError(f"request {request.id} is already waiting")

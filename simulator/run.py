@@ -118,8 +118,9 @@ def _run(loop: SchedulingLoop, workload: Workload, log: RequestLog, progress: Pr
             now += outcome.elapsed_s
 
 
-def _idle_until(loop: SchedulingLoop, arrivals: NDArray[np.float64], upcoming: int,
-                now: float) -> float:
+def _idle_until(
+    loop: SchedulingLoop, arrivals: NDArray[np.float64], upcoming: int, now: float
+) -> float:
     """Nothing ran: wait for the next arrival, or fail loudly if none will ever come."""
     if upcoming < len(arrivals):
         return max(now, float(arrivals[upcoming]))

@@ -1,0 +1,294 @@
+"""Text -> columns for the trace formats behind `simulator.traces.load_trace` (private).
+
+Each reader checks every value and raises `TraceFormatError`, whose text is one line
+`file:line: field 'name': problem` (lines 1-based as in an editor; a CSV header is line 1).
+Invariant: returned columns are equal-length lists of valid values in file order; sorting and
+building arrays is `traces.py`'s job.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any, Final, NamedTuple, NoReturn
+
+FORMATS: Final = ("azure", "mooncake", "vidur", "jsonl")
+_MAX_TOKENS: Final = 10**12  # far above any real length; keeps every value inside int64
+_TIME_EXAMPLE: Final = "2023-11-16 18:15:46.6805900"
+_AZURE_TIME: Final = re.compile(
+    r"(\d{4}-\d\d-\d\d)[ T](\d\d):(\d\d):(\d\d)(?:\.(\d{1,7}))?(Z|[+-]\d\d:\d\d)?"
+)
+JSON_KEYS: Final = {  # format -> keys whose presence in the first record identifies it
+    "mooncake": frozenset({"input_length", "output_length"}),
+    "jsonl": frozenset({"prompt_tokens", "output_tokens"}),
+}
+
+
+class CsvLayout(NamedTuple):
+    """Column names of one CSV format."""
+
+    arrival: str
+    prompt: str
+    output: str
+    is_azure: bool  # arrival column holds required Azure timestamps, not optional seconds
+    arrival_per_s: float  # raw arrival units per second
+
+
+CSV_LAYOUTS: Final = {
+    "azure": CsvLayout("TIMESTAMP", "ContextTokens", "GeneratedTokens", True, 1e7),
+    "vidur": CsvLayout("arrived_at", "num_prefill_tokens", "num_decode_tokens", False, 1.0),
+}
+
+
+class TraceFormatError(ValueError):
+    """A trace file that cannot be read. ``str()`` is one line: ``path:line: field 'f': problem``.
+
+    ``line`` is 1-based as in a text editor (a CSV header is line 1); it and ``field`` are None
+    when the problem is not tied to one line or field.
+    """
+
+    def __init__(self, source: str, line: int | None, message: str, field: str | None = None):
+        self.source, self.line, self.message, self.field = source, line, message, field
+        where = source if line is None else f"{source}:{line}"
+        what = message if field is None else f"field {field!r}: {message}"
+        super().__init__(" ".join(f"{where}: {what}".split()))  # always one line
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (TraceFormatError, (self.source, self.line, self.message, self.field))
+
+
+@dataclass(slots=True)
+class RawColumns:
+    """Values as read, in file order; ``arrival_per_s`` converts raw arrivals to seconds.
+
+    ``arrival`` holds Azure timestamps as integer 100 ns ticks (exact), other formats as floats.
+    """
+
+    arrival: list[float] | None
+    arrival_per_s: float
+    prompt_tokens: list[int] = field(default_factory=list)
+    output_tokens: list[int] = field(default_factory=list)
+    lo: list[int] | None = None
+    hi: list[int] | None = None
+    prompts: list[str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class At:
+    """Where a value came from, to raise errors that point at it."""
+
+    source: str
+    line: int
+
+    def fail(self, field: str | None, message: str) -> NoReturn:
+        raise TraceFormatError(self.source, self.line, message, field)
+
+
+def _show(value: object) -> str:
+    shown = repr(value) if isinstance(value, str) else json.dumps(value)
+    return shown if len(shown) <= 40 else shown[:37] + "..."
+
+
+def read_text(path: Path, source: str) -> str:
+    """The file as text (UTF-8, optional BOM); raises TraceFormatError if empty or not UTF-8."""
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        line = data[: error.start].count(b"\n") + 1
+        raise TraceFormatError(source, line, "not UTF-8 text") from None
+    if not text.strip():
+        raise TraceFormatError(source, 1, "empty file; expected a header or one record per line")
+    return text
+
+
+def _count(value: object, at: At, field: str) -> int:
+    """A token count >= 1: an int, or an integral float/string (pandas may write '374.0')."""
+    number: object = value
+    if isinstance(value, str):
+        try:
+            number = int(value)  # int() ignores surrounding whitespace
+        except ValueError:
+            number = _float_or_none(value)
+    if isinstance(number, float) and number.is_integer():
+        number = int(number)
+    if type(number) is not int or number < 1:  # type() check also rejects JSON true/false
+        at.fail(field, f"expected a positive integer, got {_show(value)}")
+    if number > _MAX_TOKENS:
+        at.fail(field, f"expected at most {_MAX_TOKENS}, got {_show(value)}")
+    return number
+
+
+def _float_or_none(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
+def _time(value: object, at: At, field: str, unit: str) -> float:
+    number: float | None = None
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number = float(value)
+    elif isinstance(value, str):
+        number = _float_or_none(value)
+    if number is None or not math.isfinite(number):
+        at.fail(field, f"expected a number of {unit}, got {_show(value)}")
+    return number
+
+
+def _seconds(value: object, at: At, field: str) -> float:
+    return _time(value, at, field, "seconds")
+
+
+@functools.lru_cache(maxsize=64)
+def _day_ticks(iso_date: str) -> int:
+    """100 ns ticks from 0001-01-01 to ``iso_date``; ValueError for an impossible date."""
+    return date.fromisoformat(iso_date).toordinal() * 86400 * 10**7
+
+
+def _azure_ticks(value: str, at: At, field: str) -> int:
+    """Azure TIMESTAMP -> integer 100 ns ticks since 0001-01-01 (exact, fits int64)."""
+    match = _AZURE_TIME.fullmatch(value.strip())
+    try:
+        if match is None:
+            raise ValueError(value)
+        day, hour, minute, second, fraction, zone = match.groups()
+        if int(hour) > 23 or int(minute) > 59 or int(second) > 59:
+            raise ValueError(value)
+        seconds = int(hour) * 3600 + int(minute) * 60 + int(second)
+        if zone not in (None, "Z"):  # +hh:mm means local time is ahead of UTC
+            sign = -1 if zone[0] == "-" else 1
+            seconds -= sign * (int(zone[1:3]) * 3600 + int(zone[4:6]) * 60)
+        return _day_ticks(day) + seconds * 10**7 + int((fraction or "").ljust(7, "0"))
+    except ValueError:
+        at.fail(field, f"expected a timestamp like {_TIME_EXAMPLE!r}, got {_show(value)}")
+
+
+def read_csv(text: str, source: str, layout: CsvLayout) -> RawColumns:
+    """Azure or Vidur CSV: the first non-blank line is the header; blank lines are skipped."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = ((reader.line_num, row) for row in reader if any(value.strip() for value in row))
+    try:
+        header_line, header = next(rows, (1, []))
+        index: dict[str, int] = {}
+        for i, name in enumerate(header):
+            index.setdefault(name.strip(), i)
+        for name in (layout.arrival, layout.prompt, layout.output):
+            if name not in index and (name != layout.arrival or layout.is_azure):
+                message = f"missing column; the header has {','.join(header)!r}"
+                At(source, header_line).fail(name, message)
+        columns = RawColumns([] if layout.arrival in index else None, layout.arrival_per_s)
+        for line, row in rows:
+            _csv_row(row, len(header), index, columns, At(source, line), layout)
+    except csv.Error as error:
+        At(source, reader.line_num).fail(None, f"malformed CSV: {error}")
+    if not columns.prompt_tokens:
+        At(source, header_line).fail(None, "no requests after the header")
+    return columns
+
+
+def _csv_row(
+    row: list[str],
+    num_columns: int,
+    index: dict[str, int],
+    columns: RawColumns,
+    at: At,
+    layout: CsvLayout,
+) -> None:
+    if len(row) != num_columns:
+        missing = [name for name, i in index.items() if i >= len(row)]
+        message = f"row has {len(row)} values but the header has {num_columns} columns"
+        at.fail(missing[0] if missing else None, message)
+    if columns.arrival is not None:
+        raw = row[index[layout.arrival]]
+        parse = _azure_ticks if layout.is_azure else _seconds
+        columns.arrival.append(parse(raw, at, layout.arrival))
+    columns.prompt_tokens.append(_count(row[index[layout.prompt]], at, layout.prompt))
+    columns.output_tokens.append(_count(row[index[layout.output]], at, layout.output))
+
+
+def json_object(raw: str, at: At) -> dict[str, Any]:
+    """One line of JSONL, which must hold a JSON object."""
+    try:
+        record = json.loads(raw)
+    except json.JSONDecodeError as error:
+        at.fail(None, f"invalid JSON: {error.msg} at column {error.colno}")
+    except (ValueError, RecursionError) as error:  # e.g. an integer with > 4300 digits
+        at.fail(None, f"invalid JSON: {error}")
+    if not isinstance(record, dict):
+        at.fail(None, f"expected a JSON object, got {type(record).__name__}")
+    return record
+
+
+def read_jsonl(text: str, source: str, *, is_mooncake: bool) -> RawColumns:
+    """Mooncake or canonical JSONL: one JSON object per non-blank line."""
+    columns = RawColumns([] if is_mooncake else None, 1000.0 if is_mooncake else 1.0)
+    first_seen: dict[str, tuple[bool, int]] = {}
+    for line, raw in enumerate(text.split("\n"), 1):
+        if raw.strip():
+            at = At(source, line)
+            record = json_object(raw, at)
+            if is_mooncake:
+                _mooncake_record(record, columns, at)
+            else:
+                _check_optional_keys(record, first_seen, at)
+                _canonical_record(record, columns, at)
+    return columns
+
+
+def _require(record: dict[str, Any], keys: tuple[str, ...], at: At) -> None:
+    for key in keys:
+        if key not in record:
+            at.fail(key, f"missing key; the record has {sorted(record)}")
+
+
+def _mooncake_record(record: dict[str, Any], columns: RawColumns, at: At) -> None:
+    _require(record, ("timestamp", "input_length", "output_length"), at)
+    assert columns.arrival is not None
+    columns.arrival.append(_time(record["timestamp"], at, "timestamp", "milliseconds"))
+    columns.prompt_tokens.append(_count(record["input_length"], at, "input_length"))
+    columns.output_tokens.append(_count(record["output_length"], at, "output_length"))
+
+
+def _check_optional_keys(
+    record: dict[str, Any], first_seen: dict[str, tuple[bool, int]], at: At
+) -> None:
+    """Canonical JSONL: each optional key (lo+hi as a pair) is on every record or on none."""
+    if ("lo" in record) != ("hi" in record):
+        at.fail("hi" if "lo" in record else "lo", "missing key; 'lo' and 'hi' go together")
+    for key in ("arrival_s", "lo", "prompt"):
+        present = key in record
+        seen, seen_line = first_seen.setdefault(key, (present, at.line))
+        if present != seen:
+            where = "given here but missing" if present else "missing here but given"
+            at.fail(key, f"{where} on line {seen_line}; give it on every record or on none")
+
+
+def _canonical_record(record: dict[str, Any], columns: RawColumns, at: At) -> None:
+    _require(record, ("prompt_tokens", "output_tokens"), at)
+    if not columns.prompt_tokens:  # the first record decides which optional columns exist
+        columns.arrival = [] if "arrival_s" in record else None
+        columns.lo, columns.hi = ([], []) if "lo" in record else (None, None)
+        columns.prompts = [] if "prompt" in record else None
+    if columns.arrival is not None:
+        columns.arrival.append(_seconds(record["arrival_s"], at, "arrival_s"))
+    columns.prompt_tokens.append(_count(record["prompt_tokens"], at, "prompt_tokens"))
+    columns.output_tokens.append(_count(record["output_tokens"], at, "output_tokens"))
+    if columns.lo is not None and columns.hi is not None:
+        lo, hi = _count(record["lo"], at, "lo"), _count(record["hi"], at, "hi")
+        if hi < lo:
+            at.fail("hi", f"expected hi >= lo ({lo}), got {hi}")
+        columns.lo.append(lo)
+        columns.hi.append(hi)
+    if columns.prompts is not None:
+        if not isinstance(record["prompt"], str):
+            at.fail("prompt", f"expected a string, got {_show(record['prompt'])}")
+        columns.prompts.append(record["prompt"])
