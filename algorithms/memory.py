@@ -15,6 +15,7 @@ from numpy.typing import NDArray
 from algorithms.state import RunningSet
 
 IntArray = NDArray[np.int64]
+_OFFSET, _BASE, _COUNT, _HEADROOM = range(4)
 
 
 class FutureMemory:
@@ -35,10 +36,15 @@ class FutureMemory:
         # jobs alive at offsets[k] are those from index first[k] on in end order
         suffix_tokens = np.cumsum(tokens_now[order][::-1])[::-1]
         self.capacity = capacity
-        self._offsets: IntArray = offsets.astype(np.int64)
-        self._base: IntArray = suffix_tokens[first].astype(np.int64)
-        self._count: IntArray = (len(ends) - first).astype(np.int64)
-        self._headroom: IntArray = capacity - self._base - (self._count + 1) * self._offsets
+        # one table so a new checkpoint is a single insert: offset, base, count, headroom
+        self._table: IntArray = np.stack(
+            (
+                offsets,
+                suffix_tokens[first],
+                len(ends) - first,
+                capacity - suffix_tokens[first] - (len(ends) - first + 1) * offsets,
+            )
+        ).astype(np.int64)
 
     @classmethod
     def for_running(
@@ -52,37 +58,37 @@ class FutureMemory:
 
     def peak_tokens(self) -> int:
         """Largest projected load over all future iterations (0 when nothing runs)."""
-        if not len(self._offsets):
+        if not self._table.shape[1]:
             return 0
-        return int((self._base + self._count * self._offsets).max())
+        offsets, base, count, _ = self._table
+        return int((base + count * offsets).max())
 
     def fits(self, tokens_now: int, steps: int) -> bool:
         """Would a job holding `tokens_now` now and running `steps` iterations keep load <= M?"""
         last = steps - 1
-        k = int(np.searchsorted(self._offsets, last, side="right"))
-        if k and int(self._headroom[:k].min()) < tokens_now:
+        offsets = self._table[_OFFSET]
+        k = int(np.searchsorted(offsets, last, side="right"))
+        if k and int(self._table[_HEADROOM, :k].min()) < tokens_now:
             return False
-        if k and self._offsets[k - 1] == last:
+        if k and offsets[k - 1] == last:
             return True
-        if k < len(self._offsets):  # same jobs alive at `last` as at the next checkpoint
-            existing = int(self._base[k]) + int(self._count[k]) * last
-        else:
-            existing = 0
+        existing = 0
+        if k < len(offsets):  # the same jobs are alive at `last` as at the next checkpoint
+            existing = int(self._table[_BASE, k]) + int(self._table[_COUNT, k]) * last
         return existing + tokens_now + last <= self.capacity
 
     def add(self, tokens_now: int, steps: int) -> None:
         """Commit a job (after `fits` said yes, or to force one in)."""
         last = steps - 1
-        k = int(np.searchsorted(self._offsets, last, side="left"))
-        if k == len(self._offsets) or self._offsets[k] != last:
-            base = int(self._base[k]) if k < len(self._offsets) else 0
-            count = int(self._count[k]) if k < len(self._offsets) else 0
-            self._offsets = np.insert(self._offsets, k, last)
-            self._base = np.insert(self._base, k, base)
-            self._count = np.insert(self._count, k, count)
+        offsets = self._table[_OFFSET]
+        k = int(np.searchsorted(offsets, last, side="left"))
+        if k == len(offsets) or offsets[k] != last:
+            base = int(self._table[_BASE, k]) if k < len(offsets) else 0
+            count = int(self._table[_COUNT, k]) if k < len(offsets) else 0
             headroom = self.capacity - base - (count + 1) * last
-            self._headroom = np.insert(self._headroom, k, headroom)
+            self._table = np.insert(self._table, k, (last, base, count, headroom), axis=1)
         upto = k + 1
-        self._base[:upto] += tokens_now
-        self._count[:upto] += 1
-        self._headroom[:upto] -= tokens_now + self._offsets[:upto]
+        table = self._table
+        table[_BASE, :upto] += tokens_now
+        table[_COUNT, :upto] += 1
+        table[_HEADROOM, :upto] -= tokens_now + table[_OFFSET, :upto]

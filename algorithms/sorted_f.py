@@ -68,11 +68,13 @@ class SortedFContinuousBatchFormer(SortedFBatchFormer):
         self.replan_fraction = replan_fraction
         self._order: deque[RequestId] = deque()
         self._expected_waiting = 0  # waiting count if no request arrived since the last plan
+        self._known: set[RequestId] = set()  # every id placed in the order since the last plan
         self._planned = 0
         self._appended = 0
 
     def reset(self) -> None:
         self._order.clear()
+        self._known.clear()
         self._expected_waiting = self._planned = self._appended = 0
 
     def form_batch(self, state: SchedulerState) -> BatchDecision:
@@ -80,12 +82,16 @@ class SortedFContinuousBatchFormer(SortedFBatchFormer):
             return BatchDecision.empty()
         arrived = len(state.waiting) - self._expected_waiting
         if arrived > 0:
+            late = [r for r in state.waiting.last(arrived) if r.id not in self._known]
             self._appended += arrived
-            if not self._order or self._appended > self.replan_fraction * self._planned:
+            too_many = self._appended > self.replan_fraction * self._planned
+            # fewer unseen than arrived: a request came back (e.g. a forced eviction): replan
+            if len(late) != arrived or too_many or not self._order:
                 self._replan(state)
             else:
-                late = sorted(state.waiting.last(arrived), key=lambda r: (r.interval.hi, r.id))
+                late.sort(key=lambda r: (r.interval.hi, r.id))
                 self._order.extend(r.id for r in late)
+                self._known.update(r.id for r in late)
         while self._order and self._order[0] not in state.waiting:
             self._order.popleft()
         memory = FutureMemory.for_running(
@@ -111,3 +117,4 @@ class SortedFContinuousBatchFormer(SortedFBatchFormer):
             order.extend(r.id for r in members)
         self._order = deque(order)
         self._planned, self._appended = len(waiting), 0
+        self._known = {r.id for r in waiting}
