@@ -44,7 +44,9 @@ class AMinBatchFormer:
         return (self.planning_length(request), request.arrival_s, request.id)
 
     def running_bounds(self, running: RunningSet) -> IntArray:
-        learned = np.where(running.max_generated > 0, running.max_generated + self.eviction_bonus, 0)
+        learned = np.where(
+            running.max_generated > 0, running.max_generated + self.eviction_bonus, 0
+        )
         return np.maximum(np.maximum(running.lo, learned), running.generated)
 
     def form_batch(self, state: SchedulerState) -> BatchDecision:
@@ -89,4 +91,3 @@ class AMinBatchFormer:
             request_id: RequestId = int(running.ids[j])
             evicted.append(running.request(request_id).after_eviction(int(running.generated[j])))
         return keep, evicted
-

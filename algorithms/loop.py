@@ -1,4 +1,4 @@
-"""`SchedulingLoop`: one iteration = snapshot -> form batch -> validate -> apply -> execute -> update.
+"""`SchedulingLoop`: snapshot, form batch, validate, apply, execute, update: one iteration.
 
 The simulator and the service run this same loop; only the `Executor` differs. The loop owns
 the queues and the KV accounting of spec §1.2 (a running request holds prompt + tokens so far,
@@ -32,11 +32,14 @@ class Executor(Protocol):
     """Runs one iteration of the batch the loop formed.
 
     `running` is the batch after admissions and evictions; `running.generated` counts tokens
-    produced before this iteration and `new_mask` marks requests prefilled in it. Returns which
-    requests produced their last token in this iteration.
+    produced before this iteration. Row j prefills `prefill_tokens[j]` prompt tokens (the whole
+    prompt in its first iteration unless prefill is chunked) and, where `produces[j]`, emits one
+    token. Returns the requests that emitted their last token in this iteration.
     """
 
-    def execute(self, running: RunningSet, new_mask: NDArray[np.bool_]) -> StepResult: ...
+    def execute(
+        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+    ) -> StepResult: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,7 @@ class StepOutcome:
     evicted: tuple[RequestId, ...]
     finished: tuple[RequestId, ...]
     rejected: tuple[RequestId, ...]
+    first_tokens: tuple[RequestId, ...]
     batch_size: int
     kv_tokens: int
 
@@ -63,15 +67,23 @@ class SchedulingLoop:
         kv_capacity_tokens: int,
         *,
         max_batch_size: int | None = None,
+        max_num_batched_tokens: int | None = None,
     ) -> None:
+        """`max_num_batched_tokens` turns on chunked prefill (vLLM's name): decode tokens come
+        first, the rest of the budget prefills prompts in admission order, and a request emits
+        its first token in the iteration that completes its prompt. None (default) prefills
+        every prompt whole in its first iteration, as in the papers."""
         if kv_capacity_tokens < 1:
             raise ValueError("kv_capacity_tokens must be >= 1")
         if max_batch_size is not None and max_batch_size < 1:
             raise ValueError("max_batch_size must be >= 1")
+        if max_num_batched_tokens is not None and max_num_batched_tokens < 1:
+            raise ValueError("max_num_batched_tokens must be >= 1")
         self.former = former
         self.executor = executor
         self.kv_capacity_tokens = kv_capacity_tokens
         self.max_batch_size = max_batch_size
+        self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting = WaitingQueue(key=former.waiting_key)
         self.running = RunningSet()
         self.step_index = 0
@@ -118,11 +130,12 @@ class SchedulingLoop:
         rejected = self._reject_hopeless(evicted)
         admitted = [self.waiting.pop(i) for i in admit if i not in rejected]
         self.running.admit(admitted, self.step_index)
-        new_mask = self.running.start_step == self.step_index
         kv_tokens = self.running.next_step_tokens()
         batch_size = len(self.running)
-        result = self.executor.execute(self.running, new_mask)
-        self.running.advance()
+        prefill, produces = self._plan_tokens()
+        first_tokens = self.running.ids[produces & (self.running.generated == 0)]
+        result = self.executor.execute(self.running, prefill, produces)
+        self.running.advance(prefill, produces)
         if result.finished:
             keep = ~np.isin(self.running.ids, np.asarray(result.finished, dtype=np.int64))
             self.running.remove(keep)
@@ -134,9 +147,21 @@ class SchedulingLoop:
             tuple(evicted),
             result.finished,
             tuple(rejected),
+            tuple(int(i) for i in first_tokens),
             batch_size,
             kv_tokens,
         )
+
+    def _plan_tokens(self) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
+        """Prompt tokens each row prefills in this iteration, and which rows emit a token."""
+        left = self.running.prefill_left
+        if self.max_num_batched_tokens is None:
+            return left.copy(), np.ones(len(left), dtype=bool)
+        decoding = left == 0
+        budget = max(0, self.max_num_batched_tokens - int(decoding.sum()))
+        earlier = np.cumsum(left) - left  # prompt tokens of rows admitted before this one
+        chunk = np.clip(budget - earlier, 0, left)
+        return chunk, decoding | ((left > 0) & (chunk == left))
 
     def _validate(self, decision: BatchDecision) -> None:
         name = self.former.name
@@ -176,7 +201,8 @@ class SchedulingLoop:
         """Check this iteration's KV load; return (admissions, forced evictions).
 
         An overflow is a bug in the former unless it cannot evict and some running request has
-        outlived its predicted upper bound (a prediction miss). Then the loop drops this
+        outlived its predicted upper bound (a prediction miss), or chunked prefill delayed
+        first tokens past what the former projected. Then the loop drops this
         iteration's admissions and evicts the most recently started requests until the batch
         fits (spec §9 #18), counting them in `num_forced_evictions`.
         """
@@ -184,7 +210,8 @@ class SchedulingLoop:
         if overflow <= 0:
             return decision.admit, ()
         missed = bool(np.any(self.running.generated >= self.running.hi))
-        if self.former.can_evict or not missed:
+        chunked = self.max_num_batched_tokens is not None
+        if self.former.can_evict or not (missed or chunked):
             raise CapacityExceededError(
                 f"{self.former.name}: iteration {self.step_index} needs {overflow} KV tokens "
                 f"more than the capacity {self.kv_capacity_tokens}"

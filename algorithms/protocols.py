@@ -38,4 +38,3 @@ class BatchFormer(Protocol):
     def form_batch(self, state: SchedulerState) -> BatchDecision:
         """Return the admissions and evictions for iteration `state.step`."""
         ...
-

@@ -94,9 +94,7 @@ class SortedFContinuousBatchFormer(SortedFBatchFormer):
                 self._known.update(r.id for r in late)
         while self._order and self._order[0] not in state.waiting:
             self._order.popleft()
-        memory = FutureMemory.for_running(
-            state.running, state.running.hi, state.kv_capacity_tokens
-        )
+        memory = FutureMemory.for_running(state.running, state.running.hi, state.kv_capacity_tokens)
         candidates = (state.waiting.get(i) for i in self._order if i in state.waiting)
         admitted = admit_with_future_check(
             candidates, self.planning_length, memory, state.batch_room()

@@ -62,7 +62,16 @@ class WaitingQueue:
         return request
 
 
-_FIELDS = ("ids", "prompt_tokens", "lo", "hi", "generated", "max_generated", "start_step")
+_FIELDS = (
+    "ids",
+    "prompt_tokens",
+    "lo",
+    "hi",
+    "generated",
+    "max_generated",
+    "start_step",
+    "prefill_left",
+)
 
 
 class RunningSet:
@@ -70,6 +79,9 @@ class RunningSet:
 
     `generated[j]` counts tokens produced by request j's current run before this iteration;
     in the coming iteration it holds `prompt_tokens[j] + generated[j] + 1` KV tokens (spec §1.2).
+    `prefill_left[j]` is the part of the prompt not yet prefilled: the whole prompt on admission,
+    0 once the first token is out. Only chunked prefill makes it span several iterations; the
+    KV accounting reserves the whole prompt from admission either way.
     """
 
     def __init__(self) -> None:
@@ -81,6 +93,7 @@ class RunningSet:
         self.generated: IntArray = empty
         self.max_generated: IntArray = empty
         self.start_step: IntArray = empty
+        self.prefill_left: IntArray = empty
         self._requests: dict[RequestId, WaitingRequest] = {}
         self.kv_tokens = 0  # sum of prompt + generated over running requests
 
@@ -113,6 +126,7 @@ class RunningSet:
             "generated": [0] * count,
             "max_generated": [r.max_generated for r in requests],
             "start_step": [step] * count,
+            "prefill_left": [r.prompt_tokens for r in requests],
         }
         for name in _FIELDS:
             added = np.asarray(new[name], dtype=np.int64)
@@ -130,10 +144,11 @@ class RunningSet:
             setattr(self, name, getattr(self, name)[keep])
         return out
 
-    def advance(self) -> None:
-        """Every running request produced one token in the iteration that just ran."""
-        self.generated += 1
-        self.kv_tokens += len(self._requests)
+    def advance(self, prefilled: IntArray, produced: NDArray[np.bool_]) -> None:
+        """Record an iteration: `prefilled` prompt tokens per row, `produced` one token each."""
+        self.prefill_left -= prefilled
+        self.generated += produced
+        self.kv_tokens += int(produced.sum())
 
 
 @dataclass(frozen=True, slots=True)

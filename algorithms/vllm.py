@@ -51,4 +51,6 @@ class VLLMBatchFormer:
         if state.running.next_step_tokens() > capacity:
             return BatchDecision(evict=preempt_newest(state.running, capacity))
         free = int(capacity * (1.0 - self.watermark)) - state.running.next_step_tokens()
-        return BatchDecision(admit=tuple(admit_while_prompt_fits(state.waiting, free, state.batch_room())))
+        return BatchDecision(
+            admit=tuple(admit_while_prompt_fits(state.waiting, free, state.batch_room()))
+        )

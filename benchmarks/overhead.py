@@ -103,12 +103,15 @@ def main() -> None:
     print(f"{'policy':<11} {'first ms':>9} {'p50 ms':>8} {'p99 ms':>8} {'p99 / fcfs':>10}")
     for policy, r in results.items():
         r["p99_vs_fcfs"] = r["p99_ms"] / base
-        print(f"{policy:<11} {r['first_call_ms']:9.3f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
-              f"{r['p99_vs_fcfs']:10.2f}")
+        print(
+            f"{policy:<11} {r['first_call_ms']:9.3f} {r['p50_ms']:8.3f} {r['p99_ms']:8.3f} "
+            f"{r['p99_vs_fcfs']:10.2f}"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps({"waiting": 10_000, "running": 512, "results": results},
-                                       indent=2) + "\n")
+        args.out.write_text(
+            json.dumps({"waiting": 10_000, "running": 512, "results": results}, indent=2) + "\n"
+        )
 
 
 if __name__ == "__main__":

@@ -28,25 +28,46 @@ def add_parser(commands: Any) -> None:
         help="replay a trace through batch formers on a cost model",
         description="Replay a request trace through batch formers and compare their latency.",
     )
-    p.add_argument("--trace", required=True, help="trace file (Azure CSV, Mooncake/canonical "
-                   "JSONL, Vidur CSV)")
+    p.add_argument(
+        "--trace", required=True, help="trace file (Azure CSV, Mooncake/canonical JSONL, Vidur CSV)"
+    )
     p.add_argument("--format", choices=FORMATS, help="trace format (default: detect)")
-    p.add_argument("--policies", default=DEFAULT_POLICIES,
-                   help=f"comma-separated batch formers (default: {DEFAULT_POLICIES})")
-    p.add_argument("--intervals", default="exact",
-                   help="exact | given | alpha=X | bins | global, optionally ',miss=P'")
-    p.add_argument("--cost-model", default="llama3-8b-h100",
-                   help=f"preset ({', '.join(PRESETS)}) or a .toml/.json profile")
+    p.add_argument(
+        "--policies",
+        default=DEFAULT_POLICIES,
+        help=f"comma-separated batch formers (default: {DEFAULT_POLICIES})",
+    )
+    p.add_argument(
+        "--intervals",
+        default="exact",
+        help="exact | given | alpha=X | bins | global, optionally ',miss=P'",
+    )
+    p.add_argument(
+        "--cost-model",
+        default="llama3-8b-h100",
+        help=f"preset ({', '.join(PRESETS)}) or a .toml/.json profile",
+    )
     p.add_argument("--kv-tokens", type=int, help="override the KV capacity M in tokens")
     p.add_argument("--max-batch-size", type=int, help="cap on running requests (max_num_seqs)")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        metavar="N",
+        help="chunked prefill with a budget of N tokens per iteration (default: off)",
+    )
     arrivals = p.add_mutually_exclusive_group()
     arrivals.add_argument("--rate-scale", type=float, help="divide the trace's gaps by X")
     arrivals.add_argument("--rate", type=float, help="Poisson arrivals at R req/s")
     arrivals.add_argument("--backlog", action="store_true", help="everything arrives at t=0")
     p.add_argument("--limit", type=int, help="keep the first N requests")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--param", action="append", default=[], metavar="POLICY.KEY=VALUE",
-                   help="batch-former parameter, e.g. amin.bound_after_eviction=g+1")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="POLICY.KEY=VALUE",
+        help="batch-former parameter, e.g. amin.bound_after_eviction=g+1",
+    )
     p.add_argument("--json", type=Path, help="write the results document here")
     p.add_argument("--plot", type=Path, help="write a latency-distribution PNG here")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -86,15 +107,31 @@ def run(args: argparse.Namespace) -> int:
     cost_model = load_cost_model(args.cost_model, kv_tokens=args.kv_tokens)
     trace = load_trace(args.trace, args.format)
     control = ArrivalControl(args.rate_scale, args.rate, args.backlog, args.limit)
-    workload = build_workload(trace, args.intervals, seed=args.seed, arrivals=control)
-    experiment = Experiment(workload, cost_model, str(args.trace), args.intervals, args.seed,
-                            args.max_batch_size, parse_params(args.param, policies))
+    workload = build_workload(
+        trace,
+        args.intervals,
+        seed=args.seed,
+        arrivals=control,
+        kv_capacity_tokens=cost_model.kv_capacity_tokens,
+    )
+    experiment = Experiment(
+        workload,
+        cost_model,
+        str(args.trace),
+        args.intervals,
+        args.seed,
+        max_batch_size=args.max_batch_size,
+        max_num_batched_tokens=args.max_num_batched_tokens,
+        params=parse_params(args.param, policies),
+    )
     show = not args.no_progress and sys.stderr.isatty()
     results = experiment.run(policies, show_progress=show)
     document = experiment.document(results)
     unit = "iterations" if cost_model.unit else "seconds"
-    print(f"{args.trace}: {len(workload)} requests, cost model {cost_model.name}, "
-          f"M = {cost_model.kv_capacity_tokens} tokens, intervals {args.intervals}, times in {unit}")
+    print(
+        f"{args.trace}: {len(workload)} requests, cost model {cost_model.name}, "
+        f"M = {cost_model.kv_capacity_tokens} tokens, intervals {args.intervals}, times in {unit}"
+    )
     baseline = "vllm" if "vllm" in results else None
     print(format_table(document["results"], baseline=baseline))
     if args.json:
@@ -107,8 +144,11 @@ def run(args: argparse.Namespace) -> int:
 def list_policies(args: argparse.Namespace) -> int:
     for name, cls in REGISTRY.items():
         signature = inspect.signature(cls.__init__)
-        params = [f"{p.name}={p.default!r}" for p in signature.parameters.values()
-                  if p.kind is p.KEYWORD_ONLY]
+        params = [
+            f"{p.name}={p.default!r}"
+            for p in signature.parameters.values()
+            if p.kind is p.KEYWORD_ONLY
+        ]
         summary = (inspect.getdoc(cls) or "").splitlines()[0]
         print(f"{name:<11} {summary}")
         if params:

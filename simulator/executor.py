@@ -1,8 +1,9 @@
 """`SimulatedExecutor`: runs the loop's batches against a cost model and hidden true lengths.
 
 It is the only place in the simulator that reads true output lengths (besides the hindsight
-benchmark H-SF, which is handed them explicitly). An iteration prefills the admitted requests'
-prompts, decodes one token for every other running request, and lasts what the cost model says.
+benchmark H-SF, which is handed them explicitly). An iteration prefills what the loop assigns
+(whole prompts of admitted requests, or chunks), decodes one token for every running request
+past its prefill, and lasts what the cost model says.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ class SimulatedExecutor:
         self.true_lengths = np.asarray(true_lengths, dtype=np.int64)
         self.cost_model = cost_model
 
-    def execute(self, running: RunningSet, new_mask: NDArray[np.bool_]) -> StepResult:
-        num_new = int(new_mask.sum())
-        prefill_tokens = int(running.prompt_tokens[new_mask].sum()) if num_new else 0
+    def execute(
+        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+    ) -> StepResult:
+        num_decode = int((produces & (running.prefill_left == 0)).sum())
         elapsed_s = self.cost_model.iteration_time_s(
-            prefill_tokens, len(running) - num_new, running.next_step_tokens()
+            int(prefill_tokens.sum()), num_decode, running.next_step_tokens()
         )
-        done = running.generated + 1 >= self.true_lengths[running.ids]
+        done = produces & (running.generated + 1 >= self.true_lengths[running.ids])
         finished = tuple(int(i) for i in running.ids[done]) if done.any() else ()
         return StepResult(elapsed_s, finished)

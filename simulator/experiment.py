@@ -33,9 +33,20 @@ class ArrivalControl:
 
 
 def build_workload(
-    trace: Trace, intervals: str, *, seed: int, arrivals: ArrivalControl = ArrivalControl()
+    trace: Trace,
+    intervals: str,
+    *,
+    seed: int,
+    arrivals: ArrivalControl = ArrivalControl(),
+    kv_capacity_tokens: int | None = None,
 ) -> Workload:
-    """Arrival times per `arrivals`, then intervals per `intervals` (seeded)."""
+    """Arrival times per `arrivals`, then intervals per `intervals` (seeded).
+
+    With `kv_capacity_tokens` M, `hi` is capped at M - prompt for every request that can fit
+    at all: no request can generate more on this KV cache (as vLLM clamps `max_tokens` to
+    `max_model_len`), so the cap never excludes a true length. Requests with
+    prompt + output > M keep their interval and are rejected by every policy alike.
+    """
     trace = with_arrivals(
         trace,
         rate_scale=arrivals.rate_scale,
@@ -46,6 +57,10 @@ def build_workload(
     )
     given = (trace.lo, trace.hi) if trace.lo is not None and trace.hi is not None else None
     lo, hi = make_intervals(intervals, trace.output_tokens, seed=seed, given=given)
+    if kv_capacity_tokens is not None:
+        room = kv_capacity_tokens - trace.prompt_tokens
+        fits = trace.output_tokens <= room
+        hi = np.where(fits, np.minimum(hi, np.maximum(room, lo)), hi)
     return Workload(
         np.array(trace.arrival_s, dtype=np.float64),
         np.array(trace.prompt_tokens, dtype=np.int64),
@@ -65,6 +80,7 @@ class Experiment:
     intervals: str
     seed: int
     max_batch_size: int | None = None
+    max_num_batched_tokens: int | None = None
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def run(self, policies: Sequence[str], *, show_progress: bool = False) -> dict[str, SimResult]:
@@ -83,6 +99,7 @@ class Experiment:
                     self.cost_model,
                     params=self.params.get(policy),
                     max_batch_size=self.max_batch_size,
+                    max_num_batched_tokens=self.max_num_batched_tokens,
                     progress=bar.update,
                 )
         return results
@@ -97,5 +114,6 @@ class Experiment:
             "intervals": self.intervals,
             "seed": self.seed,
             "max_batch_size": self.max_batch_size,
+            "max_num_batched_tokens": self.max_num_batched_tokens,
             "results": {name: result.summary for name, result in results.items()},
         }

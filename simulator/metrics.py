@@ -47,6 +47,8 @@ class RequestLog:
         if outcome.admitted:
             ids = np.asarray(outcome.admitted, dtype=np.int64)
             self.first_start_s[ids] = np.fmin(self.first_start_s[ids], now_s)
+        if outcome.first_tokens:
+            ids = np.asarray(outcome.first_tokens, dtype=np.int64)
             self.first_token_s[ids] = np.fmin(self.first_token_s[ids], end_s)
         if outcome.evicted:
             self.evictions[np.asarray(outcome.evicted, dtype=np.int64)] += 1

@@ -44,7 +44,9 @@ def format_table(summaries: dict[str, dict[str, Any]], *, baseline: str | None =
         rows.append(row)
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
     lines = [
-        "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths)))
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
         for r in rows
     ]
     lines.insert(1, "-" * len(lines[0]))
@@ -61,11 +63,11 @@ def plot_latencies(results: dict[str, SimResult], path: str | Path, *, title: st
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, result in results.items():
         columns = result.log.per_request()
-        for ax, key in zip(axes, ("e2e_s", "ttft_s")):
+        for ax, key in zip(axes, ("e2e_s", "ttft_s"), strict=True):
             values = np.sort(columns[key][~np.isnan(columns[key])])
             if len(values):
                 ax.plot(values, np.arange(1, len(values) + 1) / len(values), label=name)
-    for ax, label in zip(axes, ("end-to-end latency (s)", "time to first token (s)")):
+    for ax, label in zip(axes, ("end-to-end latency (s)", "time to first token (s)"), strict=True):
         ax.set_xscale("symlog", linthresh=0.1)
         ax.set_xlabel(label)
         ax.set_ylabel("fraction of requests")

@@ -75,16 +75,27 @@ def simulate(
     *,
     params: dict[str, Any] | None = None,
     max_batch_size: int | None = None,
+    max_num_batched_tokens: int | None = None,
     progress: Progress | None = None,
 ) -> SimResult:
-    """Replay `workload` through the batch former `policy`; deterministic for given inputs."""
+    """Replay `workload` through the batch former `policy`; deterministic for given inputs.
+
+    `max_batch_size` caps running requests; `max_num_batched_tokens` turns on chunked prefill
+    with that token budget per iteration (see `SchedulingLoop`).
+    """
     params = dict(params or {})
     if policy in CLAIRVOYANT:
         params.setdefault("true_lengths", workload.output_tokens)
     former = make_batch_former(policy, **params)
     executor = SimulatedExecutor(workload.output_tokens, cost_model)
     capacity = cost_model.kv_capacity_tokens
-    loop = SchedulingLoop(former, executor, capacity, max_batch_size=max_batch_size)
+    loop = SchedulingLoop(
+        former,
+        executor,
+        capacity,
+        max_batch_size=max_batch_size,
+        max_num_batched_tokens=max_num_batched_tokens,
+    )
     log = RequestLog(workload.arrival_s.astype(np.float64), workload.output_tokens)
     started = time.perf_counter()
     _run(loop, workload, log, progress or (lambda _: None))

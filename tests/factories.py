@@ -56,7 +56,7 @@ def write_canonical_trace(
 ) -> Path:
     """A canonical JSONL trace with lo/hi (exact unless a common interval is given)."""
     with path.open("w") as f:
-        for s, o in zip(prompts, outputs):
+        for s, o in zip(prompts, outputs, strict=True):
             lo, hi = interval if interval is not None else (o, o)
             record = {"arrival_s": 0.0, "prompt_tokens": s, "output_tokens": o, "lo": lo, "hi": hi}
             f.write(json.dumps(record) + "\n")

@@ -11,9 +11,9 @@ from simulator.run import Workload
 
 
 @st.composite
-def workloads(draw: Any, *, max_requests: int = 12, within_interval: bool = True) -> tuple[
-    Workload, int
-]:
+def workloads(
+    draw: Any, *, max_requests: int = 12, within_interval: bool = True
+) -> tuple[Workload, int]:
     """A workload whose requests all fit alone in the returned capacity M."""
     n = draw(st.integers(1, max_requests))
     capacity = draw(st.integers(12, 60))
