@@ -189,10 +189,11 @@ class SchedulingLoop:
         for request_id in decision.evict:
             j = self.running.position(request_id)
             tokens -= int(self.running.prompt_tokens[j] + self.running.generated[j] + 1)
-        for request_id in decision.admit:
-            record = self.waiting.get(request_id) if request_id in self.waiting else None
-            record = record or self.running.request(request_id)
-            tokens += record.prompt_tokens + 1
+        for request_id in decision.admit:  # waiting, or evicted by this same decision
+            if request_id in self.waiting:
+                tokens += self.waiting.get(request_id).prompt_tokens + 1
+            else:
+                tokens += self.running.request(request_id).prompt_tokens + 1
         return tokens
 
     def _fit_capacity(
@@ -216,16 +217,9 @@ class SchedulingLoop:
                 f"{self.former.name}: iteration {self.step_index} needs {overflow} KV tokens "
                 f"more than the capacity {self.kv_capacity_tokens}"
             )
-        overflow -= sum(self.waiting.get(i).prompt_tokens + 1 for i in decision.admit)
-        forced: list[RequestId] = []
-        tokens = self.running.prompt_tokens + self.running.generated + 1
-        for j in np.lexsort((-self.running.ids, -self.running.start_step)):
-            if overflow <= 0:
-                break
-            forced.append(int(self.running.ids[j]))
-            overflow -= int(tokens[j])
+        forced = self.running.newest_victims(self.kv_capacity_tokens)
         self.num_forced_evictions += len(forced)
-        return (), tuple(forced)
+        return (), forced
 
     def _evict(self, request_ids: tuple[RequestId, ...]) -> list[RequestId]:
         if not request_ids:

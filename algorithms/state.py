@@ -111,6 +111,18 @@ class RunningSet:
         """KV tokens the running requests hold in the coming iteration (one new token each)."""
         return self.kv_tokens + len(self._requests)
 
+    def newest_victims(self, capacity: int) -> tuple[RequestId, ...]:
+        """Most recently admitted first (vLLM pops the tail of `running`) until the rest fit."""
+        overflow = self.next_step_tokens() - capacity
+        victims: list[RequestId] = []
+        tokens = self.prompt_tokens + self.generated + 1
+        for j in np.lexsort((-self.ids, -self.start_step)):
+            if overflow <= 0:
+                break
+            victims.append(int(self.ids[j]))
+            overflow -= int(tokens[j])
+        return tuple(victims)
+
     def position(self, request_id: RequestId) -> int:
         return int(np.flatnonzero(self.ids == request_id)[0])
 

@@ -11,24 +11,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-import numpy as np
-
 from algorithms._admission import admit_while_prompt_fits, check_fraction
-from algorithms.state import RunningSet, SchedulerState, arrival_key
-from algorithms.types import BatchDecision, RequestId, WaitingRequest
-
-
-def preempt_newest(running: RunningSet, capacity: int) -> tuple[RequestId, ...]:
-    """Most recently admitted first (vLLM pops the tail of `running`) until the rest fit."""
-    overflow = running.next_step_tokens() - capacity
-    victims: list[RequestId] = []
-    tokens = running.prompt_tokens + running.generated + 1
-    for j in np.lexsort((-running.ids, -running.start_step)):
-        if overflow <= 0:
-            break
-        victims.append(int(running.ids[j]))
-        overflow -= int(tokens[j])
-    return tuple(victims)
+from algorithms.state import SchedulerState, arrival_key
+from algorithms.types import BatchDecision, WaitingRequest
 
 
 class VLLMBatchFormer:
@@ -49,7 +34,7 @@ class VLLMBatchFormer:
     def form_batch(self, state: SchedulerState) -> BatchDecision:
         capacity = state.kv_capacity_tokens
         if state.running.next_step_tokens() > capacity:
-            return BatchDecision(evict=preempt_newest(state.running, capacity))
+            return BatchDecision(evict=state.running.newest_victims(capacity))
         free = int(capacity * (1.0 - self.watermark)) - state.running.next_step_tokens()
         return BatchDecision(
             admit=tuple(admit_while_prompt_fits(state.waiting, free, state.batch_room()))
