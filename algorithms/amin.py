@@ -18,7 +18,7 @@ import numpy as np
 from algorithms._admission import admit_with_future_check
 from algorithms.memory import FutureMemory, IntArray
 from algorithms.state import RunningSet, SchedulerState
-from algorithms.types import BatchDecision, RequestId, WaitingRequest
+from algorithms.types import BatchDecision, WaitingRequest
 
 BOUND_RULES = ("g", "g+1")
 
@@ -88,6 +88,5 @@ class AMinBatchFormer:
                 break
             keep[j] = False
             overflow -= int(tokens[j])
-            request_id: RequestId = int(running.ids[j])
-            evicted.append(running.request(request_id).after_eviction(int(running.generated[j])))
+            evicted.append(running.evicted_record(int(j)))
         return keep, evicted

@@ -15,7 +15,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from algorithms.errors import CapacityExceededError, InvalidDecisionError, RequestRejectedError
-from algorithms.protocols import BatchFormer
+from algorithms.protocols import BatchFormer, IntervalRefiner
 from algorithms.state import RunningSet, SchedulerState, WaitingQueue
 from algorithms.types import BatchDecision, RequestId, WaitingRequest
 
@@ -68,11 +68,13 @@ class SchedulingLoop:
         *,
         max_batch_size: int | None = None,
         max_num_batched_tokens: int | None = None,
+        refiner: IntervalRefiner | None = None,
     ) -> None:
         """`max_num_batched_tokens` turns on chunked prefill (vLLM's name): decode tokens come
         first, the rest of the budget prefills prompts in admission order, and a request emits
         its first token in the iteration that completes its prompt. None (default) prefills
-        every prompt whole in its first iteration, as in the papers."""
+        every prompt whole in its first iteration, as in the papers. `refiner` updates running
+        requests' intervals before every batch formation (None: intervals stay as predicted)."""
         if kv_capacity_tokens < 1:
             raise ValueError("kv_capacity_tokens must be >= 1")
         if max_batch_size is not None and max_batch_size < 1:
@@ -84,6 +86,7 @@ class SchedulingLoop:
         self.kv_capacity_tokens = kv_capacity_tokens
         self.max_batch_size = max_batch_size
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.refiner = refiner
         self.waiting = WaitingQueue(key=former.waiting_key)
         self.running = RunningSet()
         self.step_index = 0
@@ -123,13 +126,14 @@ class SchedulingLoop:
 
     def step(self, now_s: float) -> StepOutcome:
         """Run one iteration starting at `now_s`."""
+        self._refine()
         decision = self.former.form_batch(self.state(now_s))
         self._validate(decision)
         admit, forced = self._fit_capacity(decision)
         evicted = self._evict(decision.evict + forced)
         rejected = self._reject_hopeless(evicted)
         admitted = [self.waiting.pop(i) for i in admit if i not in rejected]
-        self.running.admit(admitted, self.step_index)
+        self.running.admit(admitted, self.step_index, self.kv_capacity_tokens)
         kv_tokens = self.running.next_step_tokens()
         batch_size = len(self.running)
         prefill, produces = self._plan_tokens()
@@ -151,6 +155,18 @@ class SchedulingLoop:
             batch_size,
             kv_tokens,
         )
+
+    def _refine(self) -> None:
+        running = self.running
+        if self.refiner is None or not len(running):
+            return
+        rows = np.flatnonzero(running.generated > 0)
+        if not len(rows):
+            return
+        lo, hi = self.refiner.refine(
+            running.lo[rows], running.hi[rows], running.generated[rows], running.max_tokens[rows]
+        )
+        running.lo[rows], running.hi[rows] = lo, hi
 
     def _plan_tokens(self) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:
         """Prompt tokens each row prefills in this iteration, and which rows emit a token."""
@@ -210,7 +226,7 @@ class SchedulingLoop:
         overflow = self._decision_tokens(decision) - self.kv_capacity_tokens
         if overflow <= 0:
             return decision.admit, ()
-        missed = bool(np.any(self.running.generated >= self.running.hi))
+        missed = bool(np.any(self.running.generated >= self.running.admitted_hi))
         chunked = self.max_num_batched_tokens is not None
         if self.former.can_evict or not (missed or chunked):
             raise CapacityExceededError(
@@ -225,8 +241,8 @@ class SchedulingLoop:
         if not request_ids:
             return []
         keep = ~np.isin(self.running.ids, np.asarray(request_ids, dtype=np.int64))
-        for request, generated in self.running.remove(keep):
-            self.waiting.add(request.after_eviction(generated))
+        for request in self.running.remove(keep):
+            self.waiting.add(request)
         return list(request_ids)
 
     def _reject_hopeless(self, evicted: list[RequestId]) -> set[RequestId]:

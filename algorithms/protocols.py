@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Protocol
 
+import numpy as np
+from numpy.typing import NDArray
+
 from algorithms.state import SchedulerState
 from algorithms.types import BatchDecision, WaitingRequest
 
@@ -38,3 +41,21 @@ class BatchFormer(Protocol):
     def form_batch(self, state: SchedulerState) -> BatchDecision:
         """Return the admissions and evictions for iteration `state.step`."""
         ...
+
+
+class IntervalRefiner(Protocol):
+    """Tightens the interval of running requests as they generate (predictors.md §3.4).
+
+    Called by the loop before each batch formation for the running requests that have
+    produced at least one token; arrays are int64 and aligned. Must return lo >= generated + 1
+    and lo <= hi <= max_tokens. The batch formers then plan with the refined interval: A_min's
+    lower bound, and the upper bound of a request that outlived its prediction.
+    """
+
+    def refine(
+        self,
+        lo: NDArray[np.int64],
+        hi: NDArray[np.int64],
+        generated: NDArray[np.int64],
+        max_tokens: NDArray[np.int64],
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]: ...

@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 from sortedcontainers import SortedKeyList
 
-from algorithms.types import RequestId, WaitingRequest
+from algorithms.types import LengthInterval, RequestId, WaitingRequest
 
 IntArray = NDArray[np.int64]
 WaitingKey = Callable[[WaitingRequest], Any]
@@ -71,6 +71,8 @@ _FIELDS = (
     "max_generated",
     "start_step",
     "prefill_left",
+    "max_tokens",
+    "admitted_hi",
 )
 
 
@@ -82,6 +84,8 @@ class RunningSet:
     `prefill_left[j]` is the part of the prompt not yet prefilled: the whole prompt on admission,
     0 once the first token is out. Only chunked prefill makes it span several iterations; the
     KV accounting reserves the whole prompt from admission either way.
+    `lo`/`hi` are the current interval (a refiner may move them while the request runs);
+    `admitted_hi` is the upper bound it was admitted with, `max_tokens` its output cap.
     """
 
     def __init__(self) -> None:
@@ -94,6 +98,8 @@ class RunningSet:
         self.max_generated: IntArray = empty
         self.start_step: IntArray = empty
         self.prefill_left: IntArray = empty
+        self.max_tokens: IntArray = empty
+        self.admitted_hi: IntArray = empty
         self._requests: dict[RequestId, WaitingRequest] = {}
         self.kv_tokens = 0  # sum of prompt + generated over running requests
 
@@ -126,7 +132,8 @@ class RunningSet:
     def position(self, request_id: RequestId) -> int:
         return int(np.flatnonzero(self.ids == request_id)[0])
 
-    def admit(self, requests: list[WaitingRequest], step: int) -> None:
+    def admit(self, requests: list[WaitingRequest], step: int, kv_capacity_tokens: int) -> None:
+        """Start `requests` in iteration `step`; output caps are limited by the KV capacity."""
         if not requests:
             return
         count = len(requests)
@@ -139,6 +146,8 @@ class RunningSet:
             "max_generated": [r.max_generated for r in requests],
             "start_step": [step] * count,
             "prefill_left": [r.prompt_tokens for r in requests],
+            "max_tokens": [_output_cap(r, kv_capacity_tokens) for r in requests],
+            "admitted_hi": [r.interval.hi for r in requests],
         }
         for name in _FIELDS:
             added = np.asarray(new[name], dtype=np.int64)
@@ -147,20 +156,40 @@ class RunningSet:
             self._requests[r.id] = r
         self.kv_tokens += sum(r.prompt_tokens for r in requests)
 
-    def remove(self, keep: NDArray[np.bool_]) -> list[tuple[WaitingRequest, int]]:
-        """Drop rows where `keep` is False; return (request, tokens generated) for each."""
+    def remove(self, keep: NDArray[np.bool_]) -> list[WaitingRequest]:
+        """Drop rows where `keep` is False; return each as it goes back to the queue.
+
+        The returned records carry the current interval (refined while running, if a refiner
+        is on) and the tokens the run produced (`WaitingRequest.after_eviction`). Callers that
+        complete requests simply ignore them.
+        """
         dropped = np.flatnonzero(~keep)
-        out = [(self._requests.pop(int(self.ids[j])), int(self.generated[j])) for j in dropped]
+        out = [self.evicted_record(int(j)) for j in dropped]
+        for request in out:
+            del self._requests[request.id]
         self.kv_tokens -= int(self.prompt_tokens[dropped].sum() + self.generated[dropped].sum())
         for name in _FIELDS:
             setattr(self, name, getattr(self, name)[keep])
         return out
+
+    def evicted_record(self, row: int) -> WaitingRequest:
+        """Row `row` as a waiting request after eviction (progress lost, knowledge kept)."""
+        request = self._requests[int(self.ids[row])]
+        interval = LengthInterval(int(self.lo[row]), int(self.hi[row]))
+        return request.after_eviction(int(self.generated[row]), interval)
 
     def advance(self, prefilled: IntArray, produced: NDArray[np.bool_]) -> None:
         """Record an iteration: `prefilled` prompt tokens per row, `produced` one token each."""
         self.prefill_left -= prefilled
         self.generated += produced
         self.kv_tokens += int(produced.sum())
+
+
+def _output_cap(request: WaitingRequest, kv_capacity_tokens: int) -> int:
+    cap = kv_capacity_tokens - request.prompt_tokens
+    if request.max_tokens is not None:
+        cap = min(cap, request.max_tokens)
+    return max(cap, request.interval.hi)
 
 
 @dataclass(frozen=True, slots=True)

@@ -36,6 +36,8 @@ class WaitingRequest:
 
     `max_generated` is the most tokens any earlier run produced before it was evicted: the
     request is known to need at least that many, which is what A_min's refinement uses.
+    `max_tokens` is the request's hard output cap (OpenAI's `max_tokens`); None = only the KV
+    capacity limits it.
     """
 
     id: RequestId
@@ -44,15 +46,24 @@ class WaitingRequest:
     interval: LengthInterval
     max_generated: int = 0
     num_evictions: int = 0
+    max_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.prompt_tokens < 1:
             raise ValueError(f"request {self.id}: prompt_tokens must be >= 1")
+        if self.max_tokens is not None and self.max_tokens < 1:
+            raise ValueError(f"request {self.id}: max_tokens must be >= 1")
 
-    def after_eviction(self, generated: int) -> WaitingRequest:
-        """The same request back in the queue after a run that produced `generated` tokens."""
+    def after_eviction(
+        self, generated: int, interval: LengthInterval | None = None
+    ) -> WaitingRequest:
+        """The same request back in the queue after a run that produced `generated` tokens.
+
+        `interval` replaces the prediction when a refiner has tightened it during the run.
+        """
         return replace(
             self,
+            interval=interval or self.interval,
             max_generated=max(self.max_generated, generated),
             num_evictions=self.num_evictions + 1,
         )

@@ -54,7 +54,7 @@ def build_loop(policy: str, num_waiting: int, num_running: int, seed: int) -> Sc
         WaitingRequest(i, float(i), int(prompts[i]), LengthInterval(int(lo[i]), int(hi[i])))
         for i in range(num_waiting + num_running)
     ]
-    loop.running.admit(requests[:num_running], step=0)
+    loop.running.admit(requests[:num_running], 0, capacity)
     loop.running.generated = generated.astype(np.int64)
     loop.running.kv_tokens = int((prompts[:num_running] + generated).sum())
     for request in requests[num_running:]:

@@ -23,6 +23,7 @@ from algorithms import (
     WaitingRequest,
     make_batch_former,
 )
+from algorithms.protocols import IntervalRefiner
 from simulator.cost_model import CostModel
 from simulator.executor import SimulatedExecutor
 from simulator.metrics import RequestLog, summarize
@@ -76,12 +77,14 @@ def simulate(
     params: dict[str, Any] | None = None,
     max_batch_size: int | None = None,
     max_num_batched_tokens: int | None = None,
+    refiner: IntervalRefiner | None = None,
     progress: Progress | None = None,
 ) -> SimResult:
     """Replay `workload` through the batch former `policy`; deterministic for given inputs.
 
     `max_batch_size` caps running requests; `max_num_batched_tokens` turns on chunked prefill
-    with that token budget per iteration (see `SchedulingLoop`).
+    with that token budget per iteration; `refiner` tightens running requests' intervals
+    (see `SchedulingLoop`).
     """
     params = dict(params or {})
     if policy in CLAIRVOYANT:
@@ -95,6 +98,7 @@ def simulate(
         capacity,
         max_batch_size=max_batch_size,
         max_num_batched_tokens=max_num_batched_tokens,
+        refiner=refiner,
     )
     log = RequestLog(workload.arrival_s.astype(np.float64), workload.output_tokens)
     started = time.perf_counter()
