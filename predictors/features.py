@@ -1,0 +1,218 @@
+"""Cheap prompt features for the output-length models (spec predictors.md §3.2, tier P2).
+
+`FeatureSpec` fixes the feature names and the target-model vocabulary at training time, so a saved
+model knows its columns; `featurize` turns a `PromptBatch` into a float64 matrix in that order.
+Invariant: the columns depend only on (prompt, prompt_tokens, model) and the spec, never on data
+seen at predict time; an unknown model gets all-zero one-hots and the `model_unknown` flag.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+from numpy.typing import NDArray
+
+from predictors.base import PromptBatch
+
+FloatArray = NDArray[np.float64]
+FEATURE_VERSION: Final = (
+    1  # bump when any column changes meaning: older model files then refuse to load
+)
+# keyword scans read the head and tail of long prompts only (instructions sit at either end)
+SCAN_HEAD_CHARS: Final = 4000
+SCAN_TAIL_CHARS: Final = 2000
+UNKNOWN_MODEL: Final = "model_unknown"
+
+_FLAGS: Final = {  # flag -> (exact lower-case words, "|"-separated phrases found as substrings)
+    "kw_translate": (
+        "translate translates translated translating translation translations translator",
+        "",
+    ),
+    "kw_summarize": (
+        "summarize summarise summarized summarised summarizing summarising summary summaries "
+        "condense tldr",
+        "tl;dr",
+    ),
+    "kw_list": ("list lists listing enumerate bullet bullets bulleted", ""),
+    "kw_explain": (
+        "explain explains explained explaining explanation describe describes described "
+        "describing description discuss discussion elaborate",
+        "",
+    ),
+    "kw_creative": (
+        "write essay essays story stories poem poems poetry song lyrics haiku limerick blog",
+        "",
+    ),
+    "kw_code": (
+        "code coding function functions program programs programming script implement "
+        "implementation python javascript java rust bash sql regex algorithm",
+        "",
+    ),
+    "kw_brief": (
+        "brief briefly short concise concisely succinct succinctly",
+        "one word|one-word|in a word|one sentence|one-sentence",
+    ),
+    "kw_detailed": (
+        "detail details detailed comprehensive comprehensively thorough thoroughly",
+        "step by step|step-by-step|in depth|in-depth",
+    ),
+}
+_UNITS: Final = {
+    "word": "req_words",
+    "sentence": "req_sentences",
+    "paragraph": "req_paragraphs",
+    "item": "req_items",
+    "point": "req_items",
+    "example": "req_items",
+    "idea": "req_items",
+    "tip": "req_items",
+    "reason": "req_items",
+    "step": "req_items",
+    "way": "req_items",
+}
+_NUMBER_WORDS: Final = {
+    "one": 1, "single": 1, "two": 2, "three": 3, "four": 4, "five": 5,
+    "six": 6, "seven": 7, "eight": 8, "nine": 9, "ten": 10, "twelve": 12, "fifteen": 15,
+    "twenty": 20, "thirty": 30, "fifty": 50, "hundred": 100,
+}  # fmt: skip
+_REQUEST_RE: Final = re.compile(
+    r"\b(\d{1,5}|" + "|".join(_NUMBER_WORDS) + r")[\s-]+(" + "|".join(_UNITS) + r")s?\b"
+)
+_LIST_ITEM_RE: Final = re.compile(r"^[ \t]*(?:[-*\u2022]|\d{1,3}[.)])[ \t]", re.MULTILINE)
+_FLAG_OF_WORD: Final = {w: i for i, (words, _) in enumerate(_FLAGS.values()) for w in words.split()}
+_FLAG_OF_PHRASE: Final = tuple(
+    (p, i) for i, (_, phrases) in enumerate(_FLAGS.values()) for p in phrases.split("|") if p
+)
+_UNIT_WORDS: Final = frozenset([*_UNITS, *(u + "s" for u in _UNITS)])
+_WORD_RE: Final = re.compile(r"[a-z]+")
+_YES_NO_STARTS: Final = frozenset(
+    "is are was were am do does did can could will would should shall may might must has have "
+    "had".split()
+)
+_WH_STARTS: Final = frozenset("what why how who whom whose when where which".split())
+_REQUEST_NAMES: Final = ("req_words", "req_sentences", "req_paragraphs", "req_items")
+BASE_NAMES: Final = (
+    "log_prompt_tokens",
+    "log_chars",
+    "chars_per_token",
+    "log_lines",
+    "question_marks",
+    "code_fences",
+    "list_items",
+    *_FLAGS,
+    *_REQUEST_NAMES,
+    "starts_yes_no",
+    "starts_wh",
+)
+_TEXT_COLUMNS: Final = len(BASE_NAMES) - 3  # the first three come from lengths, vectorised
+
+
+def _expected_names(models: Sequence[str]) -> tuple[str, ...]:
+    return (*BASE_NAMES, *(f"model={m}" for m in models), UNKNOWN_MODEL)
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSpec:
+    """The feature columns of a trained model: version, target-model vocabulary, names."""
+
+    version: int
+    models: tuple[str, ...]
+    names: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if self.version != FEATURE_VERSION:
+            raise ValueError(
+                f"feature version {self.version} is not the one this code computes "
+                f"({FEATURE_VERSION}); retrain the model"
+            )
+        if len(set(self.models)) != len(self.models) or "" in self.models:
+            raise ValueError("model vocabulary must be distinct non-empty names")
+        if self.names != _expected_names(self.models):
+            raise ValueError("feature names do not match this version's features")
+
+    @classmethod
+    def for_models(cls, models: Sequence[str]) -> FeatureSpec:
+        """The spec for a training set whose rows target `models` ("" = unknown, not a column)."""
+        vocab = tuple(sorted({m for m in models if m}))
+        return cls(FEATURE_VERSION, vocab, _expected_names(vocab))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": self.version, "models": list(self.models), "names": list(self.names)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> FeatureSpec:
+        return cls(int(data["version"]), tuple(data["models"]), tuple(data["names"]))
+
+    def model_index(self, models: Sequence[str]) -> NDArray[np.int64]:
+        """Vocabulary index per row; len(self.models) for an unknown (or empty) model."""
+        lookup = {m: i for i, m in enumerate(self.models)}
+        unknown = len(self.models)
+        return np.fromiter((lookup.get(m, unknown) for m in models), np.int64, len(models))
+
+
+def _scan_text(text: str) -> str:
+    if len(text) > SCAN_HEAD_CHARS + SCAN_TAIL_CHARS:
+        text = text[:SCAN_HEAD_CHARS] + "\n" + text[-SCAN_TAIL_CHARS:]
+    return text.lower()
+
+
+def _requested(scan: str, words: set[str]) -> list[float]:
+    """log1p of the largest N in "N words / sentences / paragraphs / items" per unit, else 0."""
+    found = dict.fromkeys(_REQUEST_NAMES, 0)
+    if not _UNIT_WORDS.isdisjoint(words):
+        for number, unit in _REQUEST_RE.findall(scan):
+            value = int(number) if number.isdigit() else _NUMBER_WORDS[number]
+            name = _UNITS[unit]
+            found[name] = max(found[name], value)
+    return [math.log1p(found[name]) for name in _REQUEST_NAMES]
+
+
+def _flags(scan: str, words: set[str]) -> list[float]:
+    flags = [0.0] * len(_FLAGS)
+    for word in words & _FLAG_OF_WORD.keys():
+        flags[_FLAG_OF_WORD[word]] = 1.0
+    for phrase, index in _FLAG_OF_PHRASE:
+        if phrase in scan:
+            flags[index] = 1.0
+    return flags
+
+
+def _text_row(text: str) -> list[float]:
+    """Every text-derived column after the first three, in BASE_NAMES order."""
+    scan = _scan_text(text)
+    tokens = _WORD_RE.findall(scan)
+    words = set(tokens)
+    first = tokens[0] if tokens else ""
+    return [
+        math.log1p(text.count("\n") + 1),
+        float(text.count("?")),
+        float(text.count("```")),
+        float(len(_LIST_ITEM_RE.findall(scan))),
+        *_flags(scan, words),
+        *_requested(scan, words),
+        1.0 if first in _YES_NO_STARTS else 0.0,
+        1.0 if first in _WH_STARTS else 0.0,
+    ]
+
+
+def featurize(spec: FeatureSpec, batch: PromptBatch) -> FloatArray:
+    """The (n, len(spec.names)) float64 feature matrix of `batch`, columns in `spec.names` order."""
+    n = len(batch)
+    out = np.zeros((n, len(spec.names)), dtype=np.float64)
+    chars = np.fromiter((len(p) for p in batch.prompts), np.float64, n)
+    tokens = batch.prompt_tokens.astype(np.float64)
+    out[:, 0] = np.log1p(tokens)
+    out[:, 1] = np.log1p(chars)
+    out[:, 2] = chars / np.maximum(tokens, 1.0)
+    if n:
+        first_row: dict[str, int] = {}  # the same prompt (answered by several models): scan once
+        slot = [first_row.setdefault(p, len(first_row)) for p in batch.prompts]
+        rows = np.array([_text_row(p) for p in first_row], dtype=np.float64)
+        out[:, 3 : 3 + _TEXT_COLUMNS] = rows[slot]
+    out[np.arange(n), len(BASE_NAMES) + spec.model_index(batch.models)] = 1.0
+    return out
