@@ -15,7 +15,7 @@ from typing import Any
 
 from algorithms import REGISTRY
 from simulator.cost_model import PRESETS, load_cost_model
-from simulator.experiment import ArrivalControl, Experiment, build_workload
+from simulator.experiment import ArrivalControl, Experiment, build_workload, interval_model
 from simulator.report import format_table, plot_latencies
 from simulator.traces import FORMATS, load_trace
 
@@ -40,7 +40,8 @@ def add_parser(commands: Any) -> None:
     p.add_argument(
         "--intervals",
         default="exact",
-        help="exact | given | alpha=X | bins | global, optionally ',miss=P'",
+        help="exact | given | alpha=X | bins | global, optionally ',miss=P'; or model=PATH|default "
+        "(a learned predictor; needs prompts in the trace, and refines running requests)",
     )
     p.add_argument(
         "--cost-model",
@@ -107,12 +108,14 @@ def run(args: argparse.Namespace) -> int:
     cost_model = load_cost_model(args.cost_model, kv_tokens=args.kv_tokens)
     trace = load_trace(args.trace, args.format)
     control = ArrivalControl(args.rate_scale, args.rate, args.backlog, args.limit)
+    predictor = interval_model(args.intervals)
     workload = build_workload(
         trace,
         args.intervals,
         seed=args.seed,
         arrivals=control,
         kv_capacity_tokens=cost_model.kv_capacity_tokens,
+        predictor=predictor,
     )
     experiment = Experiment(
         workload,
@@ -122,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
         args.seed,
         max_batch_size=args.max_batch_size,
         max_num_batched_tokens=args.max_num_batched_tokens,
+        refiner=predictor,
         params=parse_params(args.param, policies),
     )
     show = not args.no_progress and sys.stderr.isatty()

@@ -78,6 +78,7 @@ class RawColumns:
     lo: list[int] | None = None
     hi: list[int] | None = None
     prompts: list[str] | None = None
+    models: list[str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +265,7 @@ def _check_optional_keys(
     """Canonical JSONL: each optional key (lo+hi as a pair) is on every record or on none."""
     if ("lo" in record) != ("hi" in record):
         at.fail("hi" if "lo" in record else "lo", "missing key; 'lo' and 'hi' go together")
-    for key in ("arrival_s", "lo", "prompt"):
+    for key in ("arrival_s", "lo", "prompt", "model"):
         present = key in record
         seen, seen_line = first_seen.setdefault(key, (present, at.line))
         if present != seen:
@@ -278,6 +279,7 @@ def _canonical_record(record: dict[str, Any], columns: RawColumns, at: At) -> No
         columns.arrival = [] if "arrival_s" in record else None
         columns.lo, columns.hi = ([], []) if "lo" in record else (None, None)
         columns.prompts = [] if "prompt" in record else None
+        columns.models = [] if "model" in record else None
     if columns.arrival is not None:
         columns.arrival.append(_seconds(record["arrival_s"], at, "arrival_s"))
     columns.prompt_tokens.append(_count(record["prompt_tokens"], at, "prompt_tokens"))
@@ -292,3 +294,7 @@ def _canonical_record(record: dict[str, Any], columns: RawColumns, at: At) -> No
         if not isinstance(record["prompt"], str):
             at.fail("prompt", f"expected a string, got {_show(record['prompt'])}")
         columns.prompts.append(record["prompt"])
+    if columns.models is not None:
+        if not isinstance(record["model"], str):
+            at.fail("model", f"expected a string, got {_show(record['model'])}")
+        columns.models.append(record["model"])

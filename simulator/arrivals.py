@@ -91,4 +91,5 @@ def _first(trace: Trace, limit: int) -> Trace:
         lo=None if trace.lo is None else trace.lo[:limit],
         hi=None if trace.hi is None else trace.hi[:limit],
         prompts=None if trace.prompts is None else trace.prompts[:limit],
+        models=None if trace.models is None else trace.models[:limit],
     )

@@ -13,8 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 from tqdm import tqdm
 
+from algorithms.protocols import IntervalRefiner
+from predictors.base import IntervalPredictor, PromptBatch
 from predictors.intervals import make_intervals
 from simulator.arrivals import with_arrivals
 from simulator.cost_model import CostModel
@@ -32,6 +35,38 @@ class ArrivalControl:
     limit: int | None = None
 
 
+MODEL_PREFIX = "model="
+
+
+def interval_model(intervals: str) -> IntervalPredictor | None:
+    """The learned predictor named by `--intervals model=PATH` (or `model=default`), else None."""
+    if not intervals.startswith(MODEL_PREFIX):
+        return None
+    from predictors.default import load_predictor  # LightGBM loads only when asked for
+
+    predictor: IntervalPredictor = load_predictor(intervals.removeprefix(MODEL_PREFIX))
+    return predictor
+
+
+def predicted_intervals(
+    trace: Trace, predictor: IntervalPredictor, kv_capacity_tokens: int | None
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Ask a learned predictor for every request's interval; the trace must carry prompts."""
+    if trace.prompts is None:
+        raise ValueError(
+            f"{trace.source}: --intervals model=... needs prompt texts in the trace "
+            "(a canonical JSONL trace with a 'prompt' field on every record)"
+        )
+    cap = (kv_capacity_tokens or 1 << 30) - trace.prompt_tokens
+    batch = PromptBatch(
+        trace.prompts,
+        np.array(trace.prompt_tokens, dtype=np.int64),
+        trace.models or ("",) * len(trace),
+        np.maximum(cap, 1).astype(np.int64),
+    )
+    return predictor.predict(batch)
+
+
 def build_workload(
     trace: Trace,
     intervals: str,
@@ -39,8 +74,10 @@ def build_workload(
     seed: int,
     arrivals: ArrivalControl = ArrivalControl(),
     kv_capacity_tokens: int | None = None,
+    predictor: IntervalPredictor | None = None,
 ) -> Workload:
-    """Arrival times per `arrivals`, then intervals per `intervals` (seeded).
+    """Arrival times per `arrivals`, then intervals per `intervals` (seeded), or from
+    `predictor` when `intervals` is `model=...`.
 
     With `kv_capacity_tokens` M, `hi` is capped at M - prompt for every request that can fit
     at all: no request can generate more on this KV cache (as vLLM clamps `max_tokens` to
@@ -55,8 +92,13 @@ def build_workload(
         limit=arrivals.limit,
         seed=seed,
     )
-    given = (trace.lo, trace.hi) if trace.lo is not None and trace.hi is not None else None
-    lo, hi = make_intervals(intervals, trace.output_tokens, seed=seed, given=given)
+    if intervals.startswith(MODEL_PREFIX):
+        predictor = predictor or interval_model(intervals)
+        assert predictor is not None
+        lo, hi = predicted_intervals(trace, predictor, kv_capacity_tokens)
+    else:
+        given = (trace.lo, trace.hi) if trace.lo is not None and trace.hi is not None else None
+        lo, hi = make_intervals(intervals, trace.output_tokens, seed=seed, given=given)
     if kv_capacity_tokens is not None:
         room = kv_capacity_tokens - trace.prompt_tokens
         fits = trace.output_tokens <= room
@@ -81,6 +123,7 @@ class Experiment:
     seed: int
     max_batch_size: int | None = None
     max_num_batched_tokens: int | None = None
+    refiner: IntervalRefiner | None = None
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def run(self, policies: Sequence[str], *, show_progress: bool = False) -> dict[str, SimResult]:
@@ -100,6 +143,7 @@ class Experiment:
                     params=self.params.get(policy),
                     max_batch_size=self.max_batch_size,
                     max_num_batched_tokens=self.max_num_batched_tokens,
+                    refiner=self.refiner,
                     progress=bar.update,
                 )
         return results

@@ -51,6 +51,7 @@ class Trace:
         format: the reader that produced it, one of ``FORMATS``.
         lo, hi: optional int64 predicted output-length bounds, 1 <= lo <= hi (both or neither).
         prompts: optional prompt texts, one per request.
+        models: optional target model per request (a feature of learned predictors).
 
     Arrays are stored as read-only copies. ``==`` compares contents (NaN equals NaN).
     """
@@ -63,6 +64,7 @@ class Trace:
     lo: IntArray | None = None
     hi: IntArray | None = None
     prompts: tuple[str, ...] | None = None
+    models: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         n = _check_column("prompt_tokens", self.prompt_tokens, np.int64, None)
@@ -85,6 +87,8 @@ class Trace:
                 raise ValueError(f"request {i}: lo ({self.lo[i]}) > hi ({self.hi[i]})")
         if self.prompts is not None and len(self.prompts) != n:
             raise ValueError(f"prompts has {len(self.prompts)} entries, expected {n}")
+        if self.models is not None and len(self.models) != n:
+            raise ValueError(f"models has {len(self.models)} entries, expected {n}")
         for name in _ARRAY_FIELDS:  # private read-only copies keep the trace immutable
             array = getattr(self, name)
             if array is not None:
@@ -103,7 +107,8 @@ class Trace:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Trace):
             return NotImplemented
-        if (self.source, self.format, self.prompts) != (other.source, other.format, other.prompts):
+        mine = (self.source, self.format, self.prompts, self.models)
+        if mine != (other.source, other.format, other.prompts, other.models):
             return False
         return all(_same_array(getattr(self, n), getattr(other, n)) for n in _ARRAY_FIELDS)
 
@@ -149,6 +154,7 @@ def load_trace(path: str | Path, fmt: str | None = None) -> Trace:
       * ``vidur``: CSV ``arrived_at`` (s, optional column), ``num_prefill_tokens``,
         ``num_decode_tokens``.
       * ``jsonl``: ``arrival_s`` (s), ``prompt_tokens``, ``output_tokens``, optional ``prompt``,
+        ``model``,
         ``lo`` + ``hi``. Each optional key must be on every record or on none.
     Rows are stably sorted by arrival time when the file is not (the Azure files already are),
     and arrivals are shifted so the earliest is 0.0. Detection uses the extension (.csv,
@@ -218,5 +224,6 @@ def _to_trace(columns: RawColumns, source: str, fmt: str) -> Trace:
     prompt, output = column(columns.prompt_tokens), column(columns.output_tokens)
     assert prompt is not None and output is not None
     prompts = None if columns.prompts is None else tuple(columns.prompts[i] for i in order)
+    models = None if columns.models is None else tuple(columns.models[i] for i in order)
     lo, hi = column(columns.lo), column(columns.hi)
-    return Trace(arrival_s, prompt, output, source, fmt, lo, hi, prompts)
+    return Trace(arrival_s, prompt, output, source, fmt, lo, hi, prompts, models)
