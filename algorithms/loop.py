@@ -114,6 +114,19 @@ class SchedulingLoop:
             )
         self.waiting.add(request)
 
+    def abort(self, request_id: RequestId) -> bool:
+        """Drop a request wherever it is (client gone); its KV is free for the next iteration.
+
+        Returns False when the loop does not hold it (already finished or never added).
+        """
+        if request_id in self.waiting:
+            self.waiting.pop(request_id)
+            return True
+        if request_id in self.running:
+            self.running.remove(self.running.ids != request_id)
+            return True
+        return False
+
     def state(self, now_s: float) -> SchedulerState:
         return SchedulerState(
             self.step_index,

@@ -93,3 +93,13 @@ def test_unknown_policy_lists_valid_names() -> None:
 def test_hsf_refuses_to_run_without_true_lengths() -> None:
     with pytest.raises(ValueError, match="true output lengths"):
         make_batch_former("hsf")
+
+
+def test_abort_frees_kv_of_running_and_drops_waiting() -> None:
+    loop = make_loop(BatchDecision(admit=(0, 1)))
+    loop.step(0.0)
+    before = loop.running.next_step_tokens()
+    assert loop.abort(0) and 0 not in loop.running
+    assert loop.running.next_step_tokens() == before - (5 + 1 + 1)
+    assert loop.abort(2) and 2 not in loop.waiting
+    assert not loop.abort(2) and not loop.abort(99)

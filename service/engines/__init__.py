@@ -1,0 +1,1 @@
+"""Model engines behind one interface (`base.Engine`): `sim` (default) and `hf`."""

@@ -1,0 +1,59 @@
+"""The engine contract a worker drives: tokenize, run the loop's batches, free KV.
+
+An engine is the worker's `Executor` (algorithms.loop): `execute` runs one iteration of the
+batch the `SchedulingLoop` formed and reports which requests finished; the tokens each request
+produced in that iteration are read back with `step_tokens()`. Requests are identified by the
+loop's integer ids. The worker calls `add` before a request is queued and `release` when it
+leaves the loop for any reason (finished, evicted: it restarts from scratch, aborted).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from algorithms.loop import StepResult
+from algorithms.state import RunningSet
+from service.protocol import GenerationRequest
+
+
+class Tokenizer(Protocol):
+    """The engine's tokenizer, also loaded by the gateway to count and validate prompts."""
+
+    eos_token_id: int | None
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, token_ids: list[int]) -> str: ...
+
+
+class Engine(Protocol):
+    """One model replica on one device (or a simulated one)."""
+
+    name: str
+    kv_capacity_tokens: int
+    max_model_len: int
+
+    def add(self, loop_id: int, request: GenerationRequest) -> None:
+        """Register a request before the loop may admit it."""
+        ...
+
+    def execute(
+        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+    ) -> StepResult:
+        """Run one iteration (the loop's Executor); finished = EOS, max_tokens or stop."""
+        ...
+
+    def step_tokens(self) -> dict[int, int]:
+        """Token id produced by each request in the last `execute` (loop id -> token)."""
+        ...
+
+    def finish_reason(self, loop_id: int) -> str:
+        """Why a finished request stopped: "stop" (EOS) or "length" (max_tokens)."""
+        ...
+
+    def release(self, loop_id: int, *, forget: bool) -> None:
+        """Free the request's KV. `forget=False` on eviction (it will be re-prefilled)."""
+        ...
