@@ -103,12 +103,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
-    trace_path = args.out / "learned_workload.jsonl"
+    tag = f"x{args.rate_scale:g}"
+    trace_path = args.out / f"learned_workload_{tag}.jsonl"
     write_workload_trace(trace_path, args.limit, args.rate_scale, args.seed)
     result = run(trace_path, args.cost_model, args.seed)
     result["setup"] = {k: str(v) for k, v in vars(args).items()}
-    (args.out / "learned_intervals.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "learned_intervals.md").write_text(table(result))
+    (args.out / f"learned_intervals_{tag}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (args.out / f"learned_intervals_{tag}.md").write_text(table(result))
     print(table(result))
 
 
