@@ -1,4 +1,4 @@
-"""`kvsched simulate --intervals model=...`: learned intervals from prompts, refined while running."""
+"""`kvsched simulate --intervals model=...`: learned intervals, refined while running."""
 
 from __future__ import annotations
 

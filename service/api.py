@@ -1,0 +1,132 @@
+"""The gateway's routes: OpenAI-compatible generation, models, health, readiness, metrics.
+
+POST /v1/completions and /v1/chat/completions answer whole (JSON) or streamed (SSE); GET
+/v1/models, /health (process up), /ready (backend accepting; 503 otherwise), /metrics
+(Prometheus text from the app's own registry) and /v1/scheduler (backend state + gateway queue).
+Invariant: every accepted request's Job is closed by the response that carries it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, cast
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.errors import ApiError
+from service.gateway import Gateway, Job, Options
+from service.schemas import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from service.streaming import (
+    ChatFormat,
+    CompletionFormat,
+    Format,
+    JobStreamingResponse,
+    collect_or_cancel,
+    event_stream,
+    usage_of,
+)
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)
+}
+router = APIRouter()
+
+
+def gateway_of(request: Request) -> Gateway:
+    return cast(Gateway, request.app.state.gateway)
+
+
+def _options(body: CompletionRequest | ChatCompletionRequest) -> Options:
+    return Options(
+        max_tokens=body.output_cap(),
+        min_tokens=body.min_tokens or 0,
+        ignore_eos=bool(body.ignore_eos),
+        priority=body.priority or 0,
+        length_hint=body.length_hint,
+    )
+
+
+async def _respond(
+    request: Request, job: Job, fmt: Format, *, stream: bool, usage: bool
+) -> Response:
+    try:
+        if stream:
+            return JobStreamingResponse(job, event_stream(job, fmt, include_usage=usage))
+        text = await collect_or_cancel(request, job)
+    except BaseException:
+        job.close()
+        raise
+    if job.finish_reason == "error":
+        message = job.error or "generation failed"
+        raise ApiError(500, message, type="server_error", code="generation_failed")
+    body = fmt.whole(text, job.finish_reason, usage_of(job))
+    return Response(body, media_type="application/json")
+
+
+@router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)
+async def create_completion(body: CompletionRequest, request: Request) -> Response:
+    gateway = gateway_of(request)
+    gateway.check_model(body.model)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    job = gateway.submit(request_id, body.prompt_text(), _options(body))
+    fmt = CompletionFormat(request_id, gateway.model_name, int(time.time()))
+    return await _respond(request, job, fmt, stream=bool(body.stream), usage=body.include_usage)
+
+
+@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses=ERRORS)
+async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
+    gateway = gateway_of(request)
+    gateway.check_model(body.model)
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    job = gateway.submit(request_id, body.prompt_text(), _options(body))
+    created = int(time.time())
+    fmt = ChatFormat(request_id, gateway.model_name, created, include_usage=body.include_usage)
+    return await _respond(request, job, fmt, stream=bool(body.stream), usage=body.include_usage)
+
+
+@router.get("/v1/models", response_model=ModelList)
+async def list_models(request: Request) -> ModelList:
+    gateway = gateway_of(request)
+    name = gateway.model_name
+    card = ModelCard(
+        id=name,
+        created=gateway.created,
+        root=gateway.settings.model or name,
+        max_model_len=gateway.settings.max_model_len,
+    )
+    return ModelList(data=[card])
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """The process is up (even while the workers start or drain)."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "not accepting requests"}})
+async def ready(request: Request) -> JSONResponse:
+    """200 while the backend accepts requests; 503 while starting, draining, or broken."""
+    is_ready = gateway_of(request).is_ready()
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(request: Request) -> Response:
+    return Response(gateway_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/scheduler")
+async def scheduler(request: Request) -> dict[str, Any]:
+    """Policy, queue depth, KV usage and per-worker state (backend.describe()) + gateway queue."""
+    return gateway_of(request).describe()

@@ -1,0 +1,100 @@
+"""The gateway app factory: `uvicorn --factory service.app:create_app` (style §7.7).
+
+No module-level app: `create_app()` reads `Settings` (KVSCHED_* env) when none are passed, and
+builds the default backend (`service.pool.WorkerPool`), the engine's tokenizer and the length
+predictor only when they are not given, importing them lazily, so tests run with fakes alone.
+The lifespan starts the backend and, on shutdown, stops accepting before it drains.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+
+from fastapi import FastAPI
+
+from predictors.base import IntervalPredictor
+from service import api
+from service.engines.base import Tokenizer
+from service.errors import GatewayMiddleware, install_error_handlers
+from service.gateway import Gateway
+from service.metrics import Metrics
+from service.protocol import Backend
+from service.settings import Settings
+
+Lifespan = Callable[[FastAPI], AbstractAsyncContextManager[None]]
+
+
+def create_app(
+    settings: Settings | None = None,
+    *,
+    backend: Backend | None = None,
+    tokenizer: Tokenizer | None = None,
+    predictor: IntervalPredictor | None = None,
+    metrics: Metrics | None = None,
+) -> FastAPI:
+    """The OpenAI-compatible gateway over `backend` (default: a WorkerPool from `settings`).
+
+    `predictor=None` loads `settings.predictor` ("default", a model file, or "none" for no
+    predictor: intervals are then [1, max_tokens] unless a request sends `length_hint`).
+    `metrics`: pass the one a given backend reports to; the default pool gets the app's.
+    """
+    if settings is None:
+        settings = Settings()  # type: ignore[call-arg]  # all fields have defaults (env read here)
+    if metrics is None:
+        metrics = Metrics(settings.model_name)
+    if backend is None:
+        backend = _default_backend(settings, metrics)
+    if tokenizer is None:
+        tokenizer = _default_tokenizer(settings)
+    if predictor is None:
+        predictor = _default_predictor(settings)
+    gateway = Gateway(settings, backend, tokenizer, predictor, metrics)
+    app = FastAPI(
+        title="kvsched",
+        summary="OpenAI-compatible LLM serving with KV-cache-aware scheduling",
+        lifespan=_lifespan(gateway),
+    )
+    app.state.gateway = gateway
+    install_error_handlers(app)
+    app.include_router(api.router)
+    app.add_middleware(
+        GatewayMiddleware,
+        max_body_bytes=settings.max_body_bytes,
+        api_keys=settings.all_api_keys(),
+        open_paths=settings.open_paths,
+    )
+    return app
+
+
+def _lifespan(gateway: Gateway) -> Lifespan:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.stop()
+
+    return lifespan
+
+
+def _default_backend(settings: Settings, metrics: Metrics) -> Backend:
+    pool = importlib.import_module("service.pool")
+    backend: Backend = pool.WorkerPool(settings, metrics=metrics)
+    return backend
+
+
+def _default_tokenizer(settings: Settings) -> Tokenizer:
+    engine = importlib.import_module(f"service.engines.{settings.engine}")
+    tokenizer: Tokenizer = engine.load_tokenizer(settings)
+    return tokenizer
+
+
+def _default_predictor(settings: Settings) -> IntervalPredictor | None:
+    if settings.predictor == "none":
+        return None
+    from predictors.default import load_predictor
+
+    return load_predictor(settings.predictor)
