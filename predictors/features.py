@@ -12,12 +12,15 @@ import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from predictors.base import PromptBatch
+
+if TYPE_CHECKING:  # the embedding columns are optional; their module loads only when used
+    from predictors.embedding_pca import EmbeddingProjection
 
 FloatArray = NDArray[np.float64]
 FEATURE_VERSION: Final = (
@@ -112,17 +115,25 @@ BASE_NAMES: Final = (
 _TEXT_COLUMNS: Final = len(BASE_NAMES) - 3  # the first three come from lengths, vectorised
 
 
-def _expected_names(models: Sequence[str]) -> tuple[str, ...]:
-    return (*BASE_NAMES, *(f"model={m}" for m in models), UNKNOWN_MODEL)
+def _expected_names(
+    models: Sequence[str], embedding: EmbeddingProjection | None = None
+) -> tuple[str, ...]:
+    tail = embedding.names() if embedding is not None else ()
+    return (*BASE_NAMES, *(f"model={m}" for m in models), UNKNOWN_MODEL, *tail)
 
 
 @dataclass(frozen=True, slots=True)
 class FeatureSpec:
-    """The feature columns of a trained model: version, target-model vocabulary, names."""
+    """The feature columns of a trained model: version, target-model vocabulary, names.
+
+    `embedding` (optional, appended last): PCA columns of the prompt's MiniLM embedding. A spec
+    without it serialises exactly as before the option existed.
+    """
 
     version: int
     models: tuple[str, ...]
     names: tuple[str, ...]
+    embedding: EmbeddingProjection | None = None
 
     def __post_init__(self) -> None:
         if self.version != FEATURE_VERSION:
@@ -132,21 +143,39 @@ class FeatureSpec:
             )
         if len(set(self.models)) != len(self.models) or "" in self.models:
             raise ValueError("model vocabulary must be distinct non-empty names")
-        if self.names != _expected_names(self.models):
+        if self.names != _expected_names(self.models, self.embedding):
             raise ValueError("feature names do not match this version's features")
 
     @classmethod
-    def for_models(cls, models: Sequence[str]) -> FeatureSpec:
+    def for_models(
+        cls, models: Sequence[str], embedding: EmbeddingProjection | None = None
+    ) -> FeatureSpec:
         """The spec for a training set whose rows target `models` ("" = unknown, not a column)."""
         vocab = tuple(sorted({m for m in models if m}))
-        return cls(FEATURE_VERSION, vocab, _expected_names(vocab))
+        return cls(FEATURE_VERSION, vocab, _expected_names(vocab, embedding), embedding)
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": self.version, "models": list(self.models), "names": list(self.names)}
+        """Header JSON; with an embedding, its arrays go to `embedding.arrays_json()` apart."""
+        out: dict[str, Any] = {"version": self.version, "models": list(self.models)}
+        out["names"] = list(self.names)
+        if self.embedding is not None:
+            out["embedding"] = self.embedding.header_json()
+        return out
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> FeatureSpec:
-        return cls(int(data["version"]), tuple(data["models"]), tuple(data["names"]))
+    def from_json(
+        cls, data: dict[str, Any], embedding_arrays: dict[str, Any] | None = None
+    ) -> FeatureSpec:
+        """Inverse of to_json; `embedding_arrays` is required when data has an "embedding"."""
+        embedding = None
+        if "embedding" in data:
+            from predictors.embedding_pca import EmbeddingProjection
+
+            if embedding_arrays is None:
+                raise ValueError("the feature spec has an embedding but no PCA arrays")
+            embedding = EmbeddingProjection.from_json(data["embedding"], embedding_arrays)
+        names = tuple(data["names"])
+        return cls(int(data["version"]), tuple(data["models"]), names, embedding)
 
     def model_index(self, models: Sequence[str]) -> NDArray[np.int64]:
         """Vocabulary index per row; len(self.models) for an unknown (or empty) model."""
@@ -215,4 +244,6 @@ def featurize(spec: FeatureSpec, batch: PromptBatch) -> FloatArray:
         rows = np.array([_text_row(p) for p in first_row], dtype=np.float64)
         out[:, 3 : 3 + _TEXT_COLUMNS] = rows[slot]
     out[np.arange(n), len(BASE_NAMES) + spec.model_index(batch.models)] = 1.0
+    if spec.embedding is not None:
+        out[:, out.shape[1] - spec.embedding.dims :] = spec.embedding.features(batch.prompts)
     return out

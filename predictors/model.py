@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +33,10 @@ from predictors.histogram import HistogramQuantiles, fit_histogram
 from predictors.model_file import ModelFileError, read_model_file, write_model_file
 from predictors.quantile_model import QuantileBoosters, QuantileConfig, fit_quantile_boosters
 from predictors.splits import split_by_prompt
+
+if TYPE_CHECKING:
+    from predictors.embedding_pca import EmbeddingProjection
+PCA_MEMBER = "embedding_pca.json"  # == predictors.embedding_pca.PCA_MEMBER (kept import-free)
 
 Kind = Literal["histogram", "quantile"]
 FloatArray = NDArray[np.float64]
@@ -140,6 +144,8 @@ class LengthModel:
             members = dict(zip(_BOOSTER_MEMBERS, self.base.model_strings(), strict=True))
         else:
             members = {_HISTOGRAM_MEMBER: json.dumps(self.base.to_json())}
+        if self.spec.embedding is not None:
+            members[PCA_MEMBER] = json.dumps(self.spec.embedding.arrays_json())
         write_model_file(path, header, members)
 
     @classmethod
@@ -156,7 +162,8 @@ class LengthModel:
 
 
 def _from_parts(header: dict[str, Any], members: dict[str, str]) -> LengthModel:
-    spec = FeatureSpec.from_json(header["features"])
+    pca = members.get(PCA_MEMBER)
+    spec = FeatureSpec.from_json(header["features"], None if pca is None else json.loads(pca))
     kind = header["kind"]
     base: QuantileBoosters | HistogramQuantiles
     if kind == "quantile":
@@ -185,8 +192,9 @@ def _fit_base(
     d_hi: float,
     seed: int,
     config: QuantileConfig | None,
+    embedding: EmbeddingProjection | None = None,
 ) -> QuantileBoosters | HistogramQuantiles:
-    spec = FeatureSpec.for_models(train.models)
+    spec = FeatureSpec.for_models(train.models, embedding)
     y = train.output_tokens
     if kind == "histogram":
         return fit_histogram(spec, train.prompt_tokens, train.models, y, d_lo=d_lo, d_hi=d_hi)
@@ -196,7 +204,22 @@ def _fit_base(
     raise ValueError(f"unknown model kind {kind!r}; expected 'histogram' or 'quantile'")
 
 
-def _check_fit_args(d_lo: float, d_hi: float, cal_fraction: float) -> None:
+def _fit_embedding(
+    train: LengthSamples, dims: int, cache_path: str | Path | None
+) -> EmbeddingProjection:
+    """PCA of the distinct training prompts' embeddings (each embedded once, via the cache)."""
+    from predictors.embedding import EmbeddingCache
+    from predictors.embedding_pca import fit_projection
+
+    cache = EmbeddingCache(cache_path)
+    return fit_projection(cache.embed(list(dict.fromkeys(train.prompts))), dims, cache)
+
+
+def _check_fit_args(
+    d_lo: float, d_hi: float, cal_fraction: float, kind: str, embedding_dims: int
+) -> None:
+    if embedding_dims < 0 or (embedding_dims and kind != "quantile"):
+        raise ValueError(f"embedding_dims {embedding_dims}: must be >= 0, > 0 only for quantile")
     if not (0.0 < d_lo < 0.5 and 0.0 < d_hi < 0.5):
         raise ValueError(f"miss budgets must be in (0, 0.5): d_lo={d_lo}, d_hi={d_hi}")
     if not 0.0 < cal_fraction < 1.0:
@@ -226,6 +249,8 @@ def fit(
     ladder_rule: Literal["ratio", "ratio_given_hi"] = "ratio_given_hi",
     ladder_min_survivors: int = MIN_SURVIVORS,
     config: QuantileConfig | None = None,
+    embedding_dims: int = 0,
+    embedding_cache: str | Path | None = None,
 ) -> LengthModel:
     """Fit base + CQR + ladder; the rows are split by prompt id into train / calibration.
 
@@ -234,13 +259,17 @@ def fit(
     `mondrian_min_group` calibration rows (others use the global pair). ladder_rule: "ratio"
     (spec §3.4 as written) or "ratio_given_hi" (default: survivors already covered by their
     own hi need no lift; same guarantee, narrower early). Deterministic for a given seed.
+    embedding_dims > 0 (quantile only; needs the optional wheel, see predictors/embedding.py):
+    add that many PCA columns of the prompt's MiniLM embedding, embeddings cached in the
+    `embedding_cache` .npz if given. 0 (default) leaves the model exactly as without the option.
     """
-    _check_fit_args(d_lo, d_hi, cal_fraction)
+    _check_fit_args(d_lo, d_hi, cal_fraction, kind, embedding_dims)
     train_rows, cal_rows = split_by_prompt(samples, (1.0 - cal_fraction, cal_fraction), seed)
     if not len(train_rows) or not len(cal_rows):
         raise ValueError("too few distinct prompts to split into train and calibration")
     train, cal = samples.take(train_rows), samples.take(cal_rows)
-    base = _fit_base(kind, train, d_lo=d_lo, d_hi=d_hi, seed=seed, config=config)
+    emb = _fit_embedding(train, embedding_dims, embedding_cache) if embedding_dims else None
+    base = _fit_base(kind, train, d_lo=d_lo, d_hi=d_hi, seed=seed, config=config, embedding=emb)
     q = base.predict_log(cal.batch(1))
     log_y = np.log1p(cal.output_tokens.astype(np.float64))
     groups = cal.models if mondrian else None

