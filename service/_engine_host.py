@@ -1,0 +1,99 @@
+"""How a worker hosts its engine: loading it, building the loop around it, checking requests.
+
+Engines live in `service.engines.<name>` and expose `load_engine(settings, worker_id)` and
+`load_tokenizer(settings)`; heavy frameworks (torch) load only inside the worker that uses them.
+`TimedExecutor` measures each `execute`, so the worker can report batch-formation time as the
+rest of the iteration.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from algorithms import LengthInterval, SchedulingLoop, WaitingRequest, make_batch_former
+from algorithms.loop import StepResult
+from algorithms.state import RunningSet
+from service.engines.base import Engine, Tokenizer
+from service.protocol import GenerationRequest
+from service.settings import Settings
+
+
+class TimedExecutor:
+    """The loop's executor: `engine.execute`, timed (`last_execute_s`)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.last_execute_s = 0.0
+
+    def execute(
+        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+    ) -> StepResult:
+        started = time.perf_counter()
+        try:
+            return self.engine.execute(running, prefill_tokens, produces)
+        finally:
+            self.last_execute_s = time.perf_counter() - started
+
+
+def load_engine(settings: Settings, worker_id: int) -> tuple[Engine, Tokenizer]:
+    """`service.engines.<settings.engine>`: its engine for this worker, and its tokenizer."""
+    module: Any = importlib.import_module(f"service.engines.{settings.engine}")
+    engine: Engine = module.load_engine(settings, worker_id)
+    tokenizer: Tokenizer = module.load_tokenizer(settings)
+    return engine, tokenizer
+
+
+def build_loop(settings: Settings, engine: Engine) -> tuple[SchedulingLoop, TimedExecutor]:
+    """The batch former, predictor-refiner and `SchedulingLoop` that `settings` name."""
+    refiner = None
+    if settings.predictor != "none":
+        from predictors.default import load_predictor  # LightGBM loads only when it is used
+
+        refiner = load_predictor(settings.predictor)
+    former = make_batch_former(settings.policy, **settings.policy_params)
+    executor = TimedExecutor(engine)
+    loop = SchedulingLoop(
+        former,
+        executor,
+        engine.kv_capacity_tokens,
+        max_batch_size=settings.max_batch_size,
+        refiner=refiner,
+    )
+    return loop, executor
+
+
+def request_problem(request: GenerationRequest, engine: Engine) -> str | None:
+    """Why the engine cannot serve `request` (the gateway checks the same), or None."""
+    num_prompt = len(request.prompt_token_ids)
+    total = num_prompt + request.max_tokens
+    if num_prompt < 1:
+        return "the prompt is empty"
+    if request.max_tokens < 1:
+        return f"max_tokens must be >= 1, got {request.max_tokens}"
+    if not 1 <= request.lo <= request.hi:
+        return f"predicted interval needs 1 <= lo <= hi, got [{request.lo}, {request.hi}]"
+    if total > engine.max_model_len:
+        return (
+            f"prompt ({num_prompt} tokens) + max_tokens ({request.max_tokens}) exceeds "
+            f"max_model_len {engine.max_model_len}"
+        )
+    if total > engine.kv_capacity_tokens:
+        return (
+            f"prompt ({num_prompt} tokens) + max_tokens ({request.max_tokens}) exceeds "
+            f"the KV capacity of {engine.kv_capacity_tokens} tokens"
+        )
+    return None
+
+
+def waiting_request(request: GenerationRequest, loop_id: int) -> WaitingRequest:
+    """The loop's record of `request` (arrival: the gateway's clock, else now)."""
+    arrival_s = request.arrival_s or time.time()
+    interval = LengthInterval(request.lo, request.hi)
+    return WaitingRequest(
+        loop_id, arrival_s, len(request.prompt_token_ids), interval, max_tokens=request.max_tokens
+    )

@@ -1,0 +1,208 @@
+"""Worker processes as the pool sees them: spawning one, and the thread that reads them all.
+
+Each worker gets its own inbound `multiprocessing.Queue` and its own outbound pipe. A pipe per
+worker (not one shared result queue) is deliberate: a worker SIGKILLed while writing to a
+shared queue would leave its lock held and a partial message in it, wedging every worker; a
+dead worker's own pipe just ends (EOF). `OutboundReader` waits on every pipe and process
+sentinel, so it sees a death at once, after delivering every complete message the worker sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from multiprocessing import connection
+from multiprocessing.context import SpawnContext, SpawnProcess
+from multiprocessing.queues import Queue
+from typing import Any, Final
+
+from service.ipc import Inbound, WorkerReady
+from service.protocol import WorkerStats
+from service.settings import Settings
+from service.worker import worker_main
+
+JOIN_TIMEOUT_S: Final = 5.0
+POLL_S: Final = 0.1  # how soon the reader notices a new worker (deaths wake it at once)
+MAX_MESSAGES_PER_WAKE: Final = 64  # per worker, so one busy worker cannot starve the others
+EXIT_DRAIN_S: Final = 0.5  # wait for a dead worker's last messages (its pipe ends at once)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class WorkerProcess:
+    """One spawned worker: the process, its inbound queue and the read end of its pipe."""
+
+    worker_id: int
+    process: SpawnProcess
+    inbound: Queue[Inbound]
+    conn: connection.Connection
+    has_exited: bool = False  # set by the reader thread once it reported the exit
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid
+
+    def send(self, message: Inbound) -> None:
+        """Queue a message for the worker (never blocks: a feeder thread writes it)."""
+        self.inbound.put(message)
+
+    def discard(self) -> None:
+        """Forget the inbound queue of a dead worker without waiting for its feeder thread."""
+        self.inbound.cancel_join_thread()
+        self.inbound.close()
+
+
+def threadsafe(
+    loop: asyncio.AbstractEventLoop, handler: Callable[..., None]
+) -> Callable[..., None]:
+    """`handler`, called from another thread, runs on `loop` (dropped once the loop is closed)."""
+
+    def call(*args: Any) -> None:
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(handler, *args)
+
+    return call
+
+
+def spawn_worker(ctx: SpawnContext, settings: Settings, worker_id: int) -> WorkerProcess:
+    """Start `service.worker.worker_main` in a fresh (spawned) interpreter."""
+    inbound: Queue[Inbound] = ctx.Queue()
+    receiver, sender = ctx.Pipe(duplex=False)
+    process = ctx.Process(
+        target=worker_main,
+        args=(settings, worker_id, inbound, sender),
+        name=f"kvsched-worker-{worker_id}",
+        daemon=True,
+    )
+    process.start()
+    sender.close()  # the child holds the only write end now: its death reads as EOF here
+    return WorkerProcess(worker_id, process, inbound, receiver)
+
+
+@dataclass(eq=False)
+class OutboundReader:
+    """A daemon thread delivering worker messages, then each worker's exit, in order.
+
+    `workers()` lists the current processes (read each wake-up); `on_message(worker, message)`
+    and `on_exit(worker)` are called from this thread and must hand over to the event loop
+    (call_soon_threadsafe). `on_exit` comes after the last message of that worker.
+    """
+
+    workers: Callable[[], Sequence[WorkerProcess]]
+    on_message: Callable[[WorkerProcess, Any], None]
+    on_exit: Callable[[WorkerProcess], None]
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="kvsched-pool-reader", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            handles: dict[Any, WorkerProcess] = {}
+            for worker in self.workers():
+                if not worker.has_exited:
+                    handles[worker.conn] = worker
+                    handles[worker.process.sentinel] = worker
+            if not handles:
+                self._stop.wait(POLL_S)
+                continue
+            for handle in connection.wait(list(handles), timeout=POLL_S):
+                worker = handles[handle]
+                if not worker.has_exited:
+                    self._drain(worker, exited=handle is not worker.conn)
+
+    def _drain(self, worker: WorkerProcess, *, exited: bool) -> None:
+        """Deliver what `worker` sent; once it exited (or its pipe ended), report the exit."""
+        try:
+            for count in itertools.count():
+                if not exited and count >= MAX_MESSAGES_PER_WAKE:
+                    return
+                if not worker.conn.poll(EXIT_DRAIN_S if exited else 0):
+                    if not exited:
+                        return
+                    break  # exited, yet its pipe neither ends nor has data: give up on it
+                self.on_message(worker, worker.conn.recv())  # EOFError: it sent everything
+        except (EOFError, OSError):
+            pass
+        worker.has_exited = True
+        worker.process.join(1.0)
+        worker.conn.close()
+        logger.info("worker %d (pid %s) exited", worker.worker_id, worker.pid)
+        self.on_exit(worker)
+
+
+@dataclass(eq=False, slots=True)
+class WorkerSlot:
+    """One worker position of the pool: its current process and what the pool knows of it."""
+
+    worker_id: int
+    proc: WorkerProcess | None = None  # None: given up (or shut down)
+    ready: WorkerReady | None = None  # None until the current process reported ready
+    stats: WorkerStats | None = None
+    load_tokens: int = 0  # projected KV tokens: prompt + hi over its unfinished requests
+    num_assigned: int = 0
+    restarts: int = 0
+    start_failures: int = 0  # consecutive deaths before reporting ready
+    last_error: str | None = None
+
+
+def join_all(procs: Sequence[WorkerProcess], timeout_s: float = JOIN_TIMEOUT_S) -> None:
+    """Wait up to `timeout_s` in all for the processes to end; kill the ones still running.
+
+    Waits on sentinels only: reaping (waitpid) stays with the reader thread while it runs, as
+    two threads reaping one child race (the loser sees it as still alive).
+    """
+    deadline = time.monotonic() + timeout_s
+    for proc in procs:
+        left_s = max(0.0, deadline - time.monotonic())
+        if not connection.wait([proc.process.sentinel], left_s):
+            logger.warning("worker %d did not exit in time; killing it", proc.worker_id)
+            proc.process.kill()
+            connection.wait([proc.process.sentinel], JOIN_TIMEOUT_S)
+        proc.discard()
+
+
+def describe_slot(slot: WorkerSlot) -> dict[str, Any]:
+    stats, proc = slot.stats, slot.proc
+    kv_tokens = stats.kv_tokens if stats else 0
+    capacity = (
+        stats.kv_capacity_tokens if stats else (slot.ready.kv_capacity_tokens if slot.ready else 0)
+    )
+    return {
+        "worker_id": slot.worker_id,
+        "pid": proc.pid if proc else None,
+        "alive": proc is not None and not proc.has_exited,
+        "ready": slot.ready is not None,
+        "restarts": slot.restarts,
+        "num_assigned": slot.num_assigned,
+        "projected_kv_tokens": slot.load_tokens,
+        "num_running": stats.num_running if stats else 0,
+        "num_waiting": stats.num_waiting if stats else 0,
+        "kv_tokens": kv_tokens,
+        "kv_capacity_tokens": capacity,
+        "kv_usage": kv_tokens / capacity if capacity else 0.0,
+    }
+
+
+def describe_slots(slots: Sequence[WorkerSlot]) -> dict[str, Any]:
+    """Totals over the workers, and each worker's state (for GET /v1/scheduler)."""
+    workers = [describe_slot(slot) for slot in slots]
+    keys = ("num_running", "num_waiting", "kv_tokens", "kv_capacity_tokens")
+    totals: dict[str, Any] = {key: sum(w[key] for w in workers) for key in keys}
+    capacity = totals["kv_capacity_tokens"]
+    totals["kv_usage"] = totals["kv_tokens"] / capacity if capacity else 0.0
+    return {**totals, "workers": workers}

@@ -1,0 +1,87 @@
+"""Messages between the worker pool and its worker processes (style §7.7).
+
+Inbound (pool -> worker): `Submit`, `Cancel`, `Shutdown`. Outbound (worker -> pool): `Events`
+(one iteration's `TokenEvent`s), `Stats` (`WorkerStats`), `WorkerReady`, `WorkerFailed`.
+All are small frozen records that pickle cheaply; each side routes them with a type -> handler
+table (`route`), never with isinstance ladders or strings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from service.protocol import GenerationRequest, TokenEvent, WorkerStats
+
+
+@dataclass(frozen=True, slots=True)
+class Submit:
+    """Queue a request on the worker (it answers with `Events`, the last one final)."""
+
+    request: GenerationRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Cancel:
+    """Drop a request wherever it is; the worker frees its KV and answers with "abort"."""
+
+    request_id: str
+
+    def __post_init__(self) -> None:
+        if not self.request_id:
+            raise ValueError("Cancel needs a request_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Shutdown:
+    """Stop now: the worker drops what it holds and exits 0 (the pool has failed it already)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Events:
+    """The token events one worker iteration produced (at most one per request)."""
+
+    worker_id: int
+    events: tuple[TokenEvent, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Stats:
+    """A worker's periodic report (gauges + counters since the previous report)."""
+
+    stats: WorkerStats
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerReady:
+    """The worker built its engine, loop and predictor and accepts requests."""
+
+    worker_id: int
+    pid: int
+    engine: str
+    kv_capacity_tokens: int
+    max_model_len: int
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerFailed:
+    """The worker hit an exception and is exiting non-zero; `error` is one line."""
+
+    worker_id: int
+    error: str
+    traceback: str = ""
+
+
+Inbound = Submit | Cancel | Shutdown
+Outbound = Events | Stats | WorkerReady | WorkerFailed
+Handlers = Mapping[type[Any], Callable[[Any], None]]
+
+
+def route(handlers: Handlers, message: object) -> None:
+    """Call the handler registered for `type(message)`; an unknown type is a bug (TypeError)."""
+    try:
+        handler = handlers[type(message)]
+    except KeyError:
+        raise TypeError(f"no handler for message {type(message).__name__}") from None
+    handler(message)

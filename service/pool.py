@@ -1,0 +1,295 @@
+"""`WorkerPool`: the default `Backend`, N spawned worker processes behind one asyncio front.
+
+Each request goes to the live worker with the least projected KV load (sum of prompt + hi over
+its unfinished requests) and its events come back on a per-request asyncio queue. A worker that
+dies is restarted; its requests that streamed no token yet are re-submitted (tokens are
+deterministic, so nothing is lost), the others end with an "error" event. Invariant: every
+accepted request gets exactly one final event; none hangs, none vanishes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Final
+
+from algorithms import CLAIRVOYANT, make_batch_former
+from service import ipc
+from service._worker_procs import (
+    OutboundReader,
+    WorkerProcess,
+    WorkerSlot,
+    describe_slots,
+    join_all,
+    spawn_worker,
+    threadsafe,
+)
+from service.protocol import GenerationRequest, TokenEvent
+from service.settings import Settings
+
+MAX_RESUBMITS: Final = 2  # a request that was on this many dying workers fails instead
+MAX_START_FAILURES: Final = 5  # a slot whose worker dies this often before ready is given up
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False, slots=True)
+class _Pending:
+    request: GenerationRequest
+    slot: WorkerSlot | None = None  # the worker it was sent to
+    events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+    num_tokens: int = 0
+    num_resubmits: int = 0
+
+    @property
+    def weight(self) -> int:
+        return len(self.request.prompt_token_ids) + self.request.hi
+
+
+class WorkerPool:
+    """Implements `Backend`. `metrics.observe_worker(stats, policy)` gets every worker report."""
+
+    def __init__(self, settings: Settings, metrics: object | None = None) -> None:
+        if settings.policy in CLAIRVOYANT:
+            raise ValueError(f"policy {settings.policy!r} needs true lengths; it cannot serve")
+        make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad params
+        self.settings = settings
+        self.metrics = metrics
+        self._ctx = multiprocessing.get_context("spawn")
+        self._slots = [WorkerSlot(i) for i in range(settings.workers)]
+        self._pending: dict[str, _Pending] = {}
+        self._handlers: ipc.Handlers = {
+            ipc.WorkerReady: self._on_ready,
+            ipc.Events: self._on_events,
+            ipc.Stats: self._on_stats,
+            ipc.WorkerFailed: self._on_failed,
+        }
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._reader: OutboundReader | None = None
+        self._started: asyncio.Future[None] | None = None
+        self._idle = asyncio.Event()
+        self._accepting = False
+        self._closing = False
+
+    async def start(self) -> None:
+        """Spawn the workers and wait until each reports ready (raise if one fails to start)."""
+        if self._loop is not None:
+            raise RuntimeError("the worker pool was already started")
+        self._loop = asyncio.get_running_loop()
+        self._started = self._loop.create_future()
+        for slot in self._slots:
+            slot.proc = spawn_worker(self._ctx, self.settings, slot.worker_id)
+        self._reader = OutboundReader(
+            self._live,
+            threadsafe(self._loop, self._on_message),
+            threadsafe(self._loop, self._on_exit),
+        )
+        self._reader.start()
+        try:
+            await self._started
+        except BaseException:
+            await self._shutdown_workers()
+            raise
+        self._idle.set()
+        self._accepting = True
+
+    async def stop(self, grace_s: float) -> None:
+        """Stop accepting; wait up to `grace_s` for in-flight requests, fail the rest, shut down."""
+        if self._loop is None or self._closing:
+            return
+        self._accepting = False
+        if self._pending:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+        self._closing = True
+        for pending in list(self._pending.values()):
+            self._fail(
+                pending, f"the server shut down before the request finished ({grace_s:g} s grace)"
+            )
+        await self._shutdown_workers()
+
+    def is_ready(self) -> bool:
+        return self._accepting and all(slot.ready is not None for slot in self._slots)
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """Stream the request's events; closing the stream early cancels the request."""
+        pending = self._accept(request)
+        if isinstance(pending, TokenEvent):
+            yield pending
+            return
+        try:
+            while True:
+                event = await pending.events.get()
+                yield event
+                if event.finish_reason is not None:
+                    return
+        finally:
+            if self._pending.get(request.request_id) is pending:
+                self.cancel(request.request_id)
+
+    def cancel(self, request_id: str) -> None:
+        pending = self._pending.get(request_id)
+        if pending is None:
+            return
+        if pending.slot is not None and pending.slot.proc is not None:
+            pending.slot.proc.send(ipc.Cancel(request_id))
+        self._end(pending, TokenEvent(request_id, finish_reason="abort"))
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "policy": self.settings.policy,
+            "engine": self.settings.engine,
+            "ready": self.is_ready(),
+            "accepting": self._accepting,
+            "num_requests": len(self._pending),
+            **describe_slots(self._slots),
+        }
+
+    def _accept(self, request: GenerationRequest) -> _Pending | TokenEvent:
+        if not self._accepting:
+            reason = "the server is not accepting requests (starting or shutting down)"
+        elif request.request_id in self._pending:
+            reason = f"duplicate request id {request.request_id!r}"
+        else:
+            pending = self._pending[request.request_id] = _Pending(request)
+            self._idle.clear()
+            self._assign(pending)
+            return pending
+        return TokenEvent(request.request_id, finish_reason="error", error=reason)
+
+    def _assign(self, pending: _Pending) -> None:
+        """Send the request to the live worker with the least projected KV load."""
+        live = [slot for slot in self._slots if slot.proc is not None]
+        if not live:
+            self._fail(pending, "no worker is running")
+            return
+        slot = min(live, key=lambda s: (s.ready is None, s.load_tokens, s.worker_id))
+        pending.slot = slot
+        slot.load_tokens += pending.weight
+        slot.num_assigned += 1
+        assert slot.proc is not None
+        slot.proc.send(ipc.Submit(pending.request))
+
+    def _unassign(self, pending: _Pending) -> None:
+        if pending.slot is not None:
+            pending.slot.load_tokens -= pending.weight
+            pending.slot.num_assigned -= 1
+            pending.slot = None
+
+    def _end(self, pending: _Pending, event: TokenEvent) -> None:
+        """Deliver the final event and forget the request."""
+        del self._pending[pending.request.request_id]
+        self._unassign(pending)
+        if not self._pending:
+            self._idle.set()
+        pending.events.put_nowait(event)
+
+    def _fail(self, pending: _Pending, message: str) -> None:
+        request, num_output = pending.request, pending.num_tokens
+        num_prompt = len(request.prompt_token_ids)
+        event = TokenEvent(request.request_id, (), "", "error", message, num_prompt, num_output)
+        self._end(pending, event)
+
+    def _live(self) -> list[WorkerProcess]:
+        return [slot.proc for slot in self._slots if slot.proc is not None]
+
+    def _on_message(self, proc: WorkerProcess, message: ipc.Outbound) -> None:
+        if self._slots[proc.worker_id].proc is proc:  # else a replaced worker's leftovers
+            ipc.route(self._handlers, message)
+
+    def _on_ready(self, message: ipc.WorkerReady) -> None:
+        slot = self._slots[message.worker_id]
+        slot.ready, slot.start_failures = message, 0
+        started, all_ready = self._started, all(s.ready is not None for s in self._slots)
+        if started is not None and not started.done() and all_ready:
+            started.set_result(None)
+
+    def _on_events(self, message: ipc.Events) -> None:
+        slot = self._slots[message.worker_id]
+        for event in message.events:
+            pending = self._pending.get(event.request_id)
+            if pending is None or pending.slot is not slot:
+                continue  # cancelled or failed here already
+            pending.num_tokens += len(event.token_ids)
+            if event.finish_reason is not None:
+                self._end(pending, event)
+            else:
+                pending.events.put_nowait(event)
+
+    def _on_stats(self, message: ipc.Stats) -> None:
+        self._slots[message.stats.worker_id].stats = message.stats
+        observe = getattr(self.metrics, "observe_worker", None)
+        if observe is not None:
+            observe(message.stats, self.settings.policy)
+
+    def _on_failed(self, message: ipc.WorkerFailed) -> None:
+        self._slots[message.worker_id].last_error = message.error
+        logger.error("worker %d: %s\n%s", message.worker_id, message.error, message.traceback)
+
+    def _on_exit(self, proc: WorkerProcess) -> None:
+        """Restart the worker's slot; re-submit or fail the requests it held."""
+        slot = self._slots[proc.worker_id]
+        if slot.proc is not proc:
+            return
+        proc.discard()
+        code = proc.process.exitcode
+        why = f"worker {slot.worker_id} exited (exit code {code})"
+        if slot.last_error:
+            why += f": {slot.last_error}"
+        slot.start_failures = 0 if slot.ready is not None else slot.start_failures + 1
+        slot.ready, slot.stats, slot.proc = None, None, None
+        forget = getattr(self.metrics, "forget_worker", None)
+        if forget is not None:
+            forget(slot.worker_id)
+        if self._started is not None and not self._started.done():
+            self._started.set_exception(RuntimeError(f"{why} before it was ready"))
+            return
+        if not self._closing:
+            self._restart(slot, why)
+        for pending in [p for p in self._pending.values() if p.slot is slot]:
+            self._reroute(pending, why)
+
+    def _restart(self, slot: WorkerSlot, why: str) -> None:
+        if slot.start_failures >= MAX_START_FAILURES:
+            logger.error("%s; giving up on it after %d failed starts", why, slot.start_failures)
+            return
+        logger.warning("%s; restarting it", why)
+        slot.restarts, slot.last_error = slot.restarts + 1, None
+        try:
+            slot.proc = spawn_worker(self._ctx, self.settings, slot.worker_id)
+        except OSError as exc:  # out of processes or descriptors: the slot stays empty
+            logger.error("cannot restart worker %d: %s", slot.worker_id, exc)
+
+    def _reroute(self, pending: _Pending, why: str) -> None:
+        """A worker died holding `pending`: re-submit it if nothing was streamed, else fail it."""
+        if pending.num_tokens:
+            streamed = f"{pending.num_tokens} tokens were streamed and it cannot be resumed"
+            self._fail(pending, f"{why}; {streamed}")
+        elif pending.num_resubmits >= MAX_RESUBMITS or self._closing:
+            self._fail(
+                pending, f"{why}; the request was on {pending.num_resubmits + 1} failed workers"
+            )
+        else:
+            self._unassign(pending)
+            pending.num_resubmits += 1
+            self._assign(pending)
+
+    async def _shutdown_workers(self) -> None:
+        """Ask every worker to exit, wait (off the event loop), kill stragglers, stop the reader."""
+        self._closing = True
+        procs = self._live()
+        for proc in procs:
+            with contextlib.suppress(ValueError, OSError):  # its queue is already closed
+                proc.send(ipc.Shutdown())
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(None, join_all, procs)
+        if self._reader is not None:
+            await loop.run_in_executor(None, self._reader.stop)
+        for proc in procs:
+            proc.process.join(0.1)  # reap; the reader has stopped, so no other thread does
+        for slot in self._slots:
+            slot.proc, slot.ready = None, None

@@ -1,0 +1,299 @@
+"""A worker process: one engine and one `SchedulingLoop`, driven by the pool's messages (issue 4).
+
+`worker_main` is the spawn target. The worker reads `Submit`/`Cancel`/`Shutdown` without
+blocking while it has work, runs one loop iteration at a time and sends the iteration's
+`TokenEvent`s, plus `WorkerStats` every STATS_INTERVAL_S. Invariants: a token is streamed at most
+once (an evicted request regenerates its tokens deterministically and the ones already sent
+are skipped); every submitted request gets exactly one final event; an exception is reported
+as `WorkerFailed` and re-raised, so the process exits non-zero.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol, cast
+
+from algorithms import RequestRejectedError
+from algorithms.loop import StepOutcome
+from service import ipc
+from service._engine_host import build_loop, load_engine, request_problem, waiting_request
+from service.detok import IncrementalDetokenizer
+from service.engines.base import Engine, Tokenizer
+from service.protocol import FinishReason, GenerationRequest, TokenEvent, WorkerStats
+from service.settings import Settings
+
+STATS_INTERVAL_S: Final = 0.05
+IDLE_POLL_S: Final = 0.1  # how long an idle worker blocks on its inbound queue at a time
+STUCK_S: Final = 5.0  # waiting requests the policy will not start on an empty batch fail after this
+
+
+class InboundQueue(Protocol):
+    def get(self, block: bool = True, timeout: float | None = None) -> Any: ...
+
+
+class Sender(Protocol):
+    def send(self, obj: Any) -> None: ...
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """Worker-side state of one request."""
+
+    request: GenerationRequest
+    loop_id: int
+    detok: IncrementalDetokenizer
+    num_sent: int = 0  # tokens streamed so far; never streamed again
+    run_tokens: int = 0  # tokens produced by the current run (0 again after an eviction)
+    num_evictions: int = 0
+    first_scheduled_s: float | None = None
+    in_engine: bool = False  # engine.add was called (release is owed)
+
+
+@dataclass(slots=True)
+class _Counters:
+    iterations: int = 0
+    evictions: int = 0
+    prompt_tokens: int = 0
+    generation_tokens: int = 0
+    batch_formation_s: list[float] = field(default_factory=list)
+
+
+class Worker:
+    """Serves one worker slot until `Shutdown` or until the pool process is gone."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        worker_id: int,
+        inbound: InboundQueue,
+        outbound: Sender,
+        *,
+        engine: tuple[Engine, Tokenizer] | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.engine, self.tokenizer = engine or load_engine(settings, worker_id)
+        self.loop, self._executor = build_loop(settings, self.engine)
+        self._inbound, self._outbound = inbound, outbound
+        self._handlers: ipc.Handlers = {
+            ipc.Submit: self._on_submit,
+            ipc.Cancel: self._on_cancel,
+            ipc.Shutdown: self._stop,
+        }
+        self._by_request: dict[str, _Tracked] = {}
+        self._by_loop: dict[int, _Tracked] = {}
+        self._next_loop_id = 0
+        self._outbox: list[TokenEvent] = []
+        self._counters = _Counters()
+        self._dirty = True
+        self._last_report_s = 0.0
+        self._stuck_since: float | None = None
+        self._stopping = False
+        self._parent_pid = os.getppid()
+
+    def serve(self) -> None:
+        """Announce readiness, then receive, step and report until told to stop."""
+        engine = self.engine
+        ready = ipc.WorkerReady(
+            self.worker_id,
+            os.getpid(),
+            engine.name,
+            engine.kv_capacity_tokens,
+            engine.max_model_len,
+        )
+        self._outbound.send(ready)
+        while not self._stopping:
+            self.receive(block=not self.loop.has_work or self._stuck_since is not None)
+            if self.loop.has_work and not self._stopping:
+                self.step()
+            self._flush()
+            self._report(force=not self.loop.has_work)
+
+    def receive(self, *, block: bool) -> None:
+        """Handle every queued message; wait up to IDLE_POLL_S for the first one if `block`."""
+        while not self._stopping:
+            try:
+                message = self._inbound.get(block, IDLE_POLL_S if block else None)
+            except queue.Empty:
+                if block and os.getppid() != self._parent_pid:
+                    self._stopping = True  # orphaned: the pool process is gone
+                return
+            ipc.route(self._handlers, message)
+            block = False
+
+    def step(self) -> StepOutcome:
+        """One loop iteration; queue its token events."""
+        now_s = time.time()
+        started = time.perf_counter()
+        outcome = self.loop.step(now_s)
+        formation_s = time.perf_counter() - started - self._executor.last_execute_s
+        self._counters.batch_formation_s.append(max(0.0, formation_s))
+        self._counters.iterations += 1
+        self._dirty = True
+        self._apply(outcome, now_s)
+        self._check_stuck(outcome)
+        return outcome
+
+    def _apply(self, outcome: StepOutcome, now_s: float) -> None:
+        for loop_id in outcome.admitted:
+            tracked = self._by_loop[loop_id]
+            if tracked.first_scheduled_s is None:
+                tracked.first_scheduled_s = now_s
+                self._counters.prompt_tokens += len(tracked.request.prompt_token_ids)
+        for loop_id in outcome.evicted:
+            tracked = self._by_loop[loop_id]
+            tracked.num_evictions += 1
+            tracked.run_tokens = 0
+            self._counters.evictions += 1
+            if loop_id not in self.loop.running:  # re-admitted in the same step: it runs again
+                self.engine.release(loop_id, forget=False)
+        finished = set(outcome.finished)
+        for loop_id, token_id in list(self.engine.step_tokens().items()):
+            self._on_token(self._by_loop[loop_id], token_id, loop_id in finished)
+        for loop_id in outcome.rejected:
+            reason = "after an eviction its refined output length no longer fits the KV cache"
+            self._finish(self._by_loop[loop_id], "error", f"request rejected: {reason}")
+
+    def _on_token(self, tracked: _Tracked, token_id: int, is_last: bool) -> None:
+        tracked.run_tokens += 1
+        tokens: tuple[int, ...] = ()
+        text = ""
+        if tracked.run_tokens > tracked.num_sent:  # a restarted run skips what was streamed
+            tracked.num_sent += 1
+            self._counters.generation_tokens += 1
+            tokens, text = (token_id,), tracked.detok.add(token_id)
+        if is_last:
+            reason = cast(FinishReason, self.engine.finish_reason(tracked.loop_id))
+            self._finish(tracked, reason, None, tokens, text)
+        elif tokens:
+            self._outbox.append(self._event(tracked, tokens, text))
+
+    def _finish(
+        self,
+        tracked: _Tracked,
+        reason: FinishReason,
+        error: str | None,
+        tokens: tuple[int, ...] = (),
+        text: str = "",
+    ) -> None:
+        if tracked.in_engine:
+            self.engine.release(tracked.loop_id, forget=True)
+        del self._by_request[tracked.request.request_id]
+        del self._by_loop[tracked.loop_id]
+        self._outbox.append(self._event(tracked, tokens, text, reason, error))
+        self._dirty = True
+
+    def _event(
+        self,
+        tracked: _Tracked,
+        tokens: tuple[int, ...] = (),
+        text: str = "",
+        reason: FinishReason | None = None,
+        error: str | None = None,
+    ) -> TokenEvent:
+        request = tracked.request
+        return TokenEvent(
+            request.request_id,
+            tokens,
+            text,
+            reason,
+            error,
+            len(request.prompt_token_ids),
+            tracked.num_sent,
+            tracked.first_scheduled_s,
+            tracked.num_evictions,
+        )
+
+    def _check_stuck(self, outcome: StepOutcome) -> None:
+        """Fail waiting requests the policy keeps refusing to start on an empty batch."""
+        if outcome.batch_size or outcome.evicted or not len(self.loop.waiting):
+            self._stuck_since = None
+            return
+        now = time.monotonic()
+        if self._stuck_since is None:
+            self._stuck_since = now
+        elif now - self._stuck_since > STUCK_S:
+            reason = f"policy {self.loop.former.name} started nothing on an idle worker"
+            for request in list(self.loop.waiting):
+                self.loop.abort(request.id)
+                self._finish(self._by_loop[request.id], "error", f"request rejected: {reason}")
+            self._stuck_since = None
+
+    def _on_submit(self, message: ipc.Submit) -> None:
+        request = message.request
+        if request.request_id in self._by_request:
+            error = f"duplicate request id {request.request_id!r}"
+            self._outbox.append(TokenEvent(request.request_id, finish_reason="error", error=error))
+            return
+        loop_id, self._next_loop_id = self._next_loop_id, self._next_loop_id + 1
+        tracked = _Tracked(
+            request, loop_id, IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids)
+        )
+        self._by_request[request.request_id] = tracked
+        self._by_loop[loop_id] = tracked
+        problem = request_problem(request, self.engine)
+        if problem is None:
+            self.engine.add(loop_id, request)
+            tracked.in_engine = True
+            try:
+                self.loop.add_request(waiting_request(request, loop_id))
+                self._dirty = True
+                return
+            except RequestRejectedError as exc:
+                problem = str(exc)
+        self._finish(tracked, "error", f"request rejected: {problem}")
+
+    def _on_cancel(self, message: ipc.Cancel) -> None:
+        tracked = self._by_request.get(message.request_id)
+        if tracked is not None:  # else it already finished
+            self.loop.abort(tracked.loop_id)
+            self._finish(tracked, "abort", None)
+
+    def _stop(self, message: ipc.Shutdown) -> None:
+        del message
+        self._stopping = True
+
+    def _flush(self) -> None:
+        if self._outbox:
+            self._outbound.send(ipc.Events(self.worker_id, tuple(self._outbox)))
+            self._outbox = []
+
+    def _report(self, *, force: bool) -> None:
+        now = time.monotonic()
+        if not self._dirty or (not force and now - self._last_report_s < STATS_INTERVAL_S):
+            return
+        counters, running = self._counters, self.loop.running
+        stats = WorkerStats(
+            self.worker_id,
+            len(running),
+            len(self.loop.waiting),
+            running.kv_tokens,
+            self.loop.kv_capacity_tokens,
+            counters.iterations,
+            counters.evictions,
+            counters.batch_formation_s,
+            counters.prompt_tokens,
+            counters.generation_tokens,
+        )
+        self._outbound.send(ipc.Stats(stats))
+        self._counters, self._dirty, self._last_report_s = _Counters(), False, now
+
+
+def worker_main(
+    settings: Settings, worker_id: int, inbound: InboundQueue, outbound: Sender
+) -> None:
+    """Spawn target. Ctrl-C and SIGTERM are the pool's to handle: it sends `Shutdown`."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        Worker(settings, worker_id, inbound, outbound).serve()
+    except BaseException as exc:
+        line = (str(exc).splitlines() or [""])[0]
+        outbound.send(
+            ipc.WorkerFailed(worker_id, f"{type(exc).__name__}: {line}", traceback.format_exc())
+        )
+        raise

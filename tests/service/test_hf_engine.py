@@ -1,0 +1,170 @@
+"""The hf engine on a tiny random Llama built in the test: lengths, determinism, eviction."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from service._engine_host import build_loop, waiting_request  # noqa: E402
+from service.engines.hf import HFEngine, load_tokenizer  # noqa: E402
+from service.protocol import GenerationRequest  # noqa: E402
+from service.settings import Settings  # noqa: E402
+
+WORDS = [f"w{i}" for i in range(60)]
+SPECIALS = ["[UNK]", "<s>", "</s>"]
+
+
+def build_model(path: Path) -> None:
+    """A WordLevel tokenizer (BOS added on encode) and a 2-layer random Llama, saved to `path`."""
+    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
+    raw = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
+    raw.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
+    raw.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
+    fast = transformers.PreTrainedTokenizerFast(
+        tokenizer_object=raw, unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
+    )
+    fast.save_pretrained(path)
+    config = transformers.LlamaConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+    )  # fmt: skip
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        model = transformers.LlamaForCausalLM(config)
+    model.save_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_model(path)
+    return path
+
+
+def settings(path: Path, **overrides: object) -> Settings:
+    fields: dict[str, object] = {"engine": "hf", "model": str(path), "predictor": "none"}
+    fields.update({"policy": "fcfs", "kv_tokens": 2000, **overrides})
+    return Settings(**fields)  # type: ignore[arg-type]
+
+
+def request(
+    name: str, prompt: tuple[int, ...], max_tokens: int, **extra: object
+) -> GenerationRequest:
+    return GenerationRequest(name, prompt, max_tokens=max_tokens, lo=1, hi=max_tokens, **extra)  # type: ignore[arg-type]
+
+
+def run(
+    engine: HFEngine, cfg: Settings, requests: list[GenerationRequest]
+) -> tuple[dict[str, list[int]], dict[str, str], int]:
+    """Drive a real SchedulingLoop as the worker does; tokens of each request's final run."""
+    loop, _ = build_loop(cfg, engine)
+    tokens: dict[int, list[int]] = {i: [] for i in range(len(requests))}
+    reasons: dict[int, str] = {}
+    num_evicted = 0
+    for i, r in enumerate(requests):
+        engine.add(i, r)
+        loop.add_request(waiting_request(r, i))
+    while loop.has_work:
+        outcome = loop.step(time.time())
+        for loop_id in outcome.evicted:
+            num_evicted += 1
+            tokens[loop_id] = []
+            if loop_id not in loop.running:
+                engine.release(loop_id, forget=False)
+        for loop_id, token_id in engine.step_tokens().items():
+            tokens[loop_id].append(token_id)
+        for loop_id in outcome.finished:
+            reasons[loop_id] = engine.finish_reason(loop_id)
+            engine.release(loop_id, forget=True)
+    names = [r.request_id for r in requests]
+    return (
+        {n: tokens[i] for i, n in enumerate(names)},
+        {n: reasons[i] for i, n in enumerate(names)},
+        num_evicted,
+    )
+
+
+PROMPTS = [(1, 5, 9, 13), (1, 7), (1, 20, 21, 22, 23, 24, 25), (1, 3, 3, 3, 40), (1, 50)]
+
+
+def test_tokenizer_adapter_adds_bos_and_skips_specials(model_path: Path) -> None:
+    tokenizer = load_tokenizer(settings(model_path))
+    assert tokenizer.eos_token_id == 2
+    assert tokenizer.encode("w0 w5") == [1, 3, 8]
+    assert tokenizer.decode([1, 3, 8, 2]).split() == ["w0", "w5"]
+
+
+def test_requests_finish_at_max_tokens_and_match_running_alone(model_path: Path) -> None:
+    cfg = settings(model_path)
+    engine = HFEngine(cfg, 0, device="cpu")
+    assert engine.kv_capacity_tokens == 2000 and engine.max_model_len == 128
+    requests = [request(f"r{i}", p, 6 + 3 * i, ignore_eos=True) for i, p in enumerate(PROMPTS)]
+    together, reasons, _ = run(engine, cfg, requests)
+    for i, r in enumerate(requests):
+        assert len(together[r.request_id]) == 6 + 3 * i
+        assert reasons[r.request_id] == "length"
+        alone, _, _ = run(HFEngine(cfg, 0, device="cpu"), cfg, [r])
+        assert alone[r.request_id] == together[r.request_id]
+    assert len({tuple(t) for t in together.values()}) > 1  # the prompts do matter
+
+
+def test_chunked_prefill_gives_the_same_tokens(model_path: Path) -> None:
+    cfg = settings(model_path)
+    requests = [request(f"r{i}", p, 8, ignore_eos=True) for i, p in enumerate(PROMPTS)]
+    whole, _, _ = run(HFEngine(cfg, 0, device="cpu"), cfg, requests)
+    engine = HFEngine(cfg, 0, device="cpu")
+    loop, _ = build_loop(cfg, engine)
+    loop.max_num_batched_tokens = 3
+    tokens: dict[int, list[int]] = {i: [] for i in range(len(requests))}
+    for i, r in enumerate(requests):
+        engine.add(i, r)
+        loop.add_request(waiting_request(r, i))
+    while loop.has_work:
+        loop.step(time.time())
+        for loop_id, token_id in engine.step_tokens().items():
+            tokens[loop_id].append(token_id)
+    for i, r in enumerate(requests):  # float sums differ by chunking, argmax should not
+        assert tokens[i] == whole[r.request_id]
+
+
+def test_eviction_and_restart_regenerate_the_same_tokens(model_path: Path) -> None:
+    cfg = settings(model_path, policy="vllm", kv_tokens=60)
+    requests = [request(f"r{i}", p, 24, ignore_eos=True) for i, p in enumerate(PROMPTS[:3])]
+    tokens, reasons, num_evicted = run(HFEngine(cfg, 0, device="cpu"), cfg, requests)
+    assert num_evicted > 0
+    roomy = settings(model_path)
+    for r in requests:
+        alone, _, _ = run(HFEngine(roomy, 0, device="cpu"), roomy, [r])
+        assert tokens[r.request_id] == alone[r.request_id]
+        assert len(tokens[r.request_id]) == 24 and reasons[r.request_id] == "length"
+
+
+def test_eos_stops_unless_ignored_or_below_min_tokens(model_path: Path) -> None:
+    cfg = settings(model_path)
+    engine = HFEngine(cfg, 0, device="cpu")
+    probe, _, _ = run(engine, cfg, [request("p", PROMPTS[0], 12, ignore_eos=True)])
+    generated = probe["p"]
+    stop_at = 3
+    engine.eos_token_ids = frozenset({generated[stop_at]})  # pretend that token is EOS
+    first = generated.index(generated[stop_at])
+    out, reasons, _ = run(engine, cfg, [request("s", PROMPTS[0], 12)])
+    assert out["s"] == generated[: first + 1] and reasons["s"] == "stop"
+    out, reasons, _ = run(engine, cfg, [request("i", PROMPTS[0], 12, ignore_eos=True)])
+    assert out["i"] == generated and reasons["i"] == "length"
+    out, _, _ = run(engine, cfg, [request("m", PROMPTS[0], 12, min_tokens=first + 1)])
+    assert out["m"][:first] == generated[:first]  # EOS masked only where it would have won
+    assert out["m"][first] not in engine.eos_token_ids and len(out["m"]) >= first + 2
+
+
+def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="not a local directory"):
+        load_tokenizer(settings(tmp_path / "nope"))
