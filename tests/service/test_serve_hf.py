@@ -1,0 +1,105 @@
+"""End to end: `kvsched serve --engine hf` on a tiny random model built in the test.
+
+Starts the real server (gateway + spawned worker with the hf engine) as a subprocess and talks
+to it with the official `openai` SDK. Needs torch + transformers (the `hf` extra).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+openai = pytest.importorskip("openai")
+
+from tests.service.test_hf_engine import WORDS, build_model  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    path: Path = tmp_path_factory.mktemp("tiny-llama")
+    build_model(path)
+    port = free_port()
+    cmd = [sys.executable, "-m", "service.cli", "serve", "--engine", "hf", "--model", str(path),
+           "--port", str(port), "--policy", "amin", "--predictor", "none", "--kv-tokens", "400",
+           "--max-model-len", "128", "--log-level", "warning"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None, "server exited during start-up"
+            time.sleep(0.5)
+        else:
+            pytest.fail("server not ready within 90 s")
+        yield url
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+
+
+def test_completions_and_streaming_chat_through_the_hf_engine(server: str) -> None:
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    prompt = " ".join(WORDS[:8])
+    done = client.completions.create(
+        model=model, prompt=prompt, max_tokens=6, extra_body={"ignore_eos": True}
+    )
+    assert done.usage is not None and done.usage.completion_tokens == 6
+    assert done.choices[0].finish_reason == "length"
+    stream = client.chat.completions.create(
+        model=model,
+        messages=[{"role": "user", "content": prompt}],
+        max_tokens=5,
+        stream=True,
+        stream_options={"include_usage": True},
+        extra_body={"ignore_eos": True},
+    )
+    chunks = list(stream)
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices]
+    assert reasons[-1] == "length"
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 5
+
+
+def test_many_concurrent_requests_all_complete_under_a_small_kv_budget(server: str) -> None:
+    """400 KV tokens force A_min to queue and evict; every request still gets its tokens."""
+    client = openai.OpenAI(base_url=f"{server}/v1", api_key="unused")
+    model = client.models.list().data[0].id
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i: int) -> int:
+        out = client.completions.create(
+            model=model, prompt=" ".join(WORDS[i : i + 10]), max_tokens=20 + i,
+            extra_body={"ignore_eos": True},
+        )  # fmt: skip
+        assert out.usage is not None
+        return out.usage.completion_tokens
+
+    with ThreadPoolExecutor(8) as pool:
+        counts = list(pool.map(one, range(12)))
+    assert counts == [20 + i for i in range(12)]
+    scheduler = httpx.get(f"{server}/v1/scheduler").json()
+    assert scheduler["policy"] == "amin" and scheduler["num_requests"] == 0
