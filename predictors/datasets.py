@@ -6,8 +6,10 @@ them, an Arena-Hard folder (``question.jsonl`` + ``model_answer/*.jsonl``), or c
 tokenizer (`predictors.tokenizer`). Invariant: every returned row has output_tokens >= 1; rows
 whose output has 0 tokens are dropped and counted in `LoadReport.num_dropped_empty`.
 
-The canonical JSONL is also the service's completion log, one object per finished request:
-    {"prompt": str, "output_tokens": int, "model": str, "prompt_tokens": int, "ts": float, ...}
+The canonical JSONL is also the service's completion log (`kvsched serve --completion-log`),
+one object per finished request:
+    {"prompt": str, "prompt_tokens": int, "model": str, "output_tokens": int, "ts": float,
+     "lo": int, "hi": int, "max_tokens": int, "finish_reason": "stop" | "length"}
 Required: ``prompt`` and ``output_tokens`` (int >= 0; or ``output``, a text that is counted).
 Optional: ``model`` (target model, default ""), ``prompt_tokens`` (default: counted),
 ``prompt_id`` (default: the first 16 hex digits of SHA-256 of the prompt), ``source`` (default

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from predictors.base import IntervalPredictor, PromptBatch
+from service.completion_log import CompletionLog
 from service.engines.base import Tokenizer
 from service.errors import ApiError
 from service.metrics import Metrics, RequestObserver
@@ -112,6 +113,7 @@ class Gateway:
         self.in_flight = 0
         self.kv_capacity_tokens = settings.kv_tokens
         self._draining = False
+        self.completion_log = CompletionLog(settings.completion_log, self.model_name)
 
     async def start(self) -> None:
         """Start the backend; learn the smallest per-worker KV capacity if it reports them."""
@@ -125,6 +127,7 @@ class Gateway:
         """Stop accepting (ready -> false), then let the backend drain within the grace period."""
         self._draining = True
         await self.backend.stop(self.settings.shutdown_grace_s)
+        self.completion_log.close()
 
     def is_ready(self) -> bool:
         return not self._draining and self.backend.is_ready()
@@ -142,7 +145,7 @@ class Gateway:
         except BaseException:
             self.release()
             raise
-        return Job(self, request, self.metrics.track(request))
+        return Job(self, request, self.metrics.track(request), prompt)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -232,8 +235,10 @@ class Gateway:
 class Job:
     """One accepted request on its way through the backend; close it exactly once."""
 
-    def __init__(self, gateway: Gateway, request: GenerationRequest, observer: RequestObserver):
-        self.request = request
+    def __init__(
+        self, gateway: Gateway, request: GenerationRequest, observer: RequestObserver, prompt: str
+    ) -> None:
+        self.request, self.prompt = request, prompt
         self.num_output_tokens = 0
         self.finish_reason: FinishReason | None = None
         self.error: str | None = None
@@ -275,6 +280,7 @@ class Job:
         self.finish_reason = reason
         self.num_output_tokens = max(self.num_output_tokens, event.num_output_tokens)
         self._observer.on_finish(reason, self.num_output_tokens, now_s)
+        self._gateway.completion_log.record(self)
         self.error = (event.error or "generation failed") if reason == "error" else None
         return Delta(text, reason, self.error)
 

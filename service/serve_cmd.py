@@ -65,6 +65,9 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--shutdown-grace-s", type=float, help="drain time on SIGTERM (default 30)")
     p.add_argument("--seed", type=int, help="sim engine: output-length seed")
+    p.add_argument(
+        "--completion-log", type=Path, help="append one JSON line per finished request (retrain)"
+    )
     p.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
 
 

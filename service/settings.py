@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     open_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
     shutdown_grace_s: float = Field(30.0, ge=0)
     seed: int = 0
+    completion_log: Path | None = Field(None, description="append finished requests (JSONL)")
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

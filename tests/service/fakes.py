@@ -21,7 +21,7 @@ from fastapi import FastAPI
 from predictors.base import IntArray, PromptBatch
 from service.app import create_app
 from service.metrics import Metrics
-from service.protocol import GenerationRequest, TokenEvent, WorkerStats
+from service.protocol import FinishReason, GenerationRequest, TokenEvent, WorkerStats
 from service.settings import Settings
 
 MODEL = "fake-model"
@@ -96,7 +96,7 @@ class FakeBackend:
         total = (
             request.max_tokens if request.ignore_eos else min(self.num_tokens, request.max_tokens)
         )
-        reason = "length" if total == request.max_tokens else "stop"
+        reason: FinishReason = "length" if total == request.max_tokens else "stop"
         for i in range(total):
             await asyncio.sleep(self.delay_s)
             if rid in self.cancelled:
