@@ -6,7 +6,10 @@ Reads every data set folder under DATA (AlpacaEval model_outputs, Arena-Hard v0.
 by prompt, gzipped byte-reproducibly. With --examples it also writes the small test slices in
 data/text/examples/.
 
-    python benchmarks/build_length_corpus.py ../shared/data/text --examples
+    python benchmarks/build_length_corpus.py PATH/TO/text --examples
+
+PATH/TO/text holds `alpaca_eval/*.json` (tatsu-lab/alpaca_eval `results/<model>/model_outputs.json`)
+and `arena_hard_v0.1/` (lmarena/arena-hard-auto); see data/SOURCES.md.
 """
 
 from __future__ import annotations
@@ -89,7 +92,7 @@ def write_arena_slice(source: Path, target: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("data", type=Path, nargs="?", default=ROOT / "../shared/data/text")
+    parser.add_argument("data", type=Path, help="folder with alpaca_eval/ and arena_hard_v0.1/")
     parser.add_argument("--out", type=Path, default=OUT)
     parser.add_argument("--examples", action="store_true", help=f"also write {EXAMPLES}")
     args = parser.parse_args()
