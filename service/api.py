@@ -79,7 +79,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     gateway = gateway_of(request)
     gateway.check_model(body.model)
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    job = gateway.submit(request_id, body.prompt_text(), _options(body))
+    job = await gateway.submit(request_id, body.prompt_text(), _options(body))
     fmt = CompletionFormat(request_id, gateway.model_name, int(time.time()))
     return await _respond(request, job, fmt, stream=bool(body.stream), usage=body.include_usage)
 
@@ -89,7 +89,7 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request) 
     gateway = gateway_of(request)
     gateway.check_model(body.model)
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    job = gateway.submit(request_id, body.prompt_text(), _options(body))
+    job = await gateway.submit(request_id, body.prompt_text(), _options(body))
     created = int(time.time())
     fmt = ChatFormat(request_id, gateway.model_name, created, include_usage=body.include_usage)
     return await _respond(request, job, fmt, stream=bool(body.stream), usage=body.include_usage)

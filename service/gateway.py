@@ -14,13 +14,12 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
-from predictors.base import IntervalPredictor, PromptBatch
+from predictors.base import IntervalPredictor
 from service.completion_log import CompletionLog
 from service.engines.base import Tokenizer
 from service.errors import ApiError
 from service.metrics import Metrics, RequestObserver
+from service.predict_batcher import IntervalBatcher
 from service.protocol import Backend, FinishReason, GenerationRequest, TokenEvent
 from service.settings import Settings
 
@@ -54,28 +53,20 @@ class Delta:
     error: str | None = None
 
 
-def predict_interval(
-    predictor: IntervalPredictor | None, prompt: str, num_prompt_tokens: int, model: str,
-    max_tokens: int, options: Options,
-) -> tuple[int, int]:  # fmt: skip
+def clamp_interval(
+    predicted: tuple[int, int] | None, max_tokens: int, options: Options
+) -> tuple[int, int]:
     """[lo, hi] with 1 <= lo <= hi <= max_tokens, widened to contain `length_hint`.
 
-    ignore_eos makes the length exactly max_tokens; with no predictor the hint alone is the
+    ignore_eos makes the length exactly max_tokens; with no prediction the hint alone is the
     prediction ([1, max_tokens] without one); lo is raised to min_tokens.
     """
     hint = options.length_hint
     if options.ignore_eos:
         return max_tokens, max_tokens
     lo, hi = (hint, hint) if hint is not None else (1, max_tokens)
-    if predictor is not None:
-        batch = PromptBatch(
-            prompts=(prompt,),
-            prompt_tokens=np.array([num_prompt_tokens], dtype=np.int64),
-            models=(model,),
-            max_tokens=np.array([max_tokens], dtype=np.int64),
-        )
-        lo_arr, hi_arr = predictor.predict(batch)
-        lo, hi = int(lo_arr[0]), int(hi_arr[0])
+    if predicted is not None:
+        lo, hi = predicted
         if hint is not None:
             lo, hi = min(lo, hint), max(hi, hint)
     hi = max(1, min(hi, max_tokens))
@@ -106,7 +97,7 @@ class Gateway:
         self.settings = settings
         self.backend = backend
         self.tokenizer = tokenizer
-        self.predictor = predictor
+        self.batcher = IntervalBatcher(predictor) if predictor is not None else None
         self.metrics = metrics
         self.model_name = settings.model_name
         self.created = int(time.time())
@@ -137,11 +128,11 @@ class Gateway:
             message = f"The model `{model}` does not exist."
             raise ApiError(404, message, param="model", code="model_not_found")
 
-    def submit(self, request_id: str, prompt: str, options: Options) -> Job:
+    async def submit(self, request_id: str, prompt: str, options: Options) -> Job:
         """Admit and prepare one request; raises ApiError (503, 429, 400) instead."""
         self._admit()
         try:
-            request = self._prepare(request_id, prompt, options)
+            request = await self._prepare(request_id, prompt, options)
         except BaseException:
             self.release()
             raise
@@ -166,20 +157,22 @@ class Gateway:
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
 
-    def _prepare(self, request_id: str, prompt: str, options: Options) -> GenerationRequest:
+    async def _prepare(self, request_id: str, prompt: str, options: Options) -> GenerationRequest:
         arrival_s = time.time()
         token_ids = self._tokenize(prompt)
         max_tokens = self._max_tokens(len(token_ids), options.max_tokens)
         if options.min_tokens > max_tokens:
             message = f"min_tokens ({options.min_tokens}) must be <= max_tokens ({max_tokens})"
             raise ApiError(400, message, param="min_tokens", code="invalid_value")
-        try:
-            lo, hi = predict_interval(
-                self.predictor, prompt, len(token_ids), self.model_name, max_tokens, options
-            )
-        except (ValueError, UnicodeError):
-            logger.warning("predictor failed on request %s", request_id, exc_info=True)
-            lo, hi = predict_interval(None, prompt, len(token_ids), "", max_tokens, options)
+        predicted = None
+        if self.batcher is not None and not options.ignore_eos:
+            try:
+                predicted = await self.batcher.predict(
+                    prompt, len(token_ids), self.model_name, max_tokens
+                )
+            except (ValueError, UnicodeError):
+                logger.warning("predictor failed on request %s", request_id, exc_info=True)
+        lo, hi = clamp_interval(predicted, max_tokens, options)
         return GenerationRequest(
             request_id=request_id,
             prompt_token_ids=tuple(token_ids),
