@@ -62,6 +62,7 @@ def build_loop(settings: Settings, engine: Engine) -> tuple[SchedulingLoop, Time
         executor,
         engine.kv_capacity_tokens,
         max_batch_size=settings.max_batch_size,
+        max_num_batched_tokens=settings.max_num_batched_tokens,
         refiner=refiner,
     )
     return loop, executor

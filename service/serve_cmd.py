@@ -51,6 +51,11 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-tokens", type=int, help="KV capacity per worker, tokens")
     p.add_argument("--max-model-len", type=int, help="prompt + output limit (default 8192)")
     p.add_argument("--max-batch-size", type=int, help="running requests per worker (default 256)")
+    p.add_argument(
+        "--max-num-batched-tokens",
+        type=int,
+        help="chunked prefill: tokens per iteration, prompt chunks included (default: off)",
+    )
     p.add_argument("--speedup", type=float, help="sim engine: run this many times faster")
     p.add_argument("--sim-output-lengths", type=Path, help="sim engine: trace to draw lengths from")
     p.add_argument("--predictor", help="length predictor: default, a .kvp file, or none")

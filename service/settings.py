@@ -31,6 +31,9 @@ class Settings(BaseSettings):
     kv_tokens: int | None = Field(None, ge=1, description="KV capacity per worker (tokens)")
     max_model_len: int = Field(8192, ge=2)
     max_batch_size: int | None = Field(256, ge=1)
+    max_num_batched_tokens: int | None = Field(
+        None, ge=1, description="chunked prefill: token budget per iteration (vLLM's name)"
+    )
     speedup: float = Field(1.0, gt=0, description="sim engine: run this many times faster")
     sim_output_lengths: Path | None = Field(None, description="trace whose lengths sim samples")
     predictor: str = Field("default", description="'default', a .kvp path, or 'none'")

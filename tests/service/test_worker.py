@@ -187,3 +187,19 @@ def test_worker_main_reports_a_failure_and_exits_non_zero(monkeypatch: pytest.Mo
     failed = outbox.messages.get_nowait()
     assert isinstance(failed, ipc.WorkerFailed) and failed.worker_id == 3
     assert "no-such-policy" in failed.error and "Traceback" in failed.traceback
+
+
+@pytest.mark.parametrize("budget", [None, 8])
+def test_chunked_prefill_setting_splits_the_prompt_over_iterations(
+    harness_factory: Any, budget: int | None
+) -> None:
+    h = harness_factory(kv_tokens=20_000, max_num_batched_tokens=budget)
+    req = GenerationRequest("c", tuple(range(5, 45)), max_tokens=20, lo=20, hi=20, ignore_eos=True)
+    h.submit(req)
+    h.wait_final(["c"])
+    assert h.tokens("c") == expected_tokens(req)
+    idle = h.wait_idle_stats()
+    num_iterations = sum(s.stats.iterations for s in h.stats)
+    num_prefill_iterations = 1 if budget is None else 40 // budget  # the last chunk emits a token
+    assert num_iterations == num_prefill_iterations + 20 - 1
+    assert sum(s.stats.prompt_tokens for s in h.stats) == 40 and idle.stats.kv_tokens == 0
