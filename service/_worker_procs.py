@@ -23,7 +23,7 @@ from multiprocessing.queues import Queue
 from typing import Any, Final
 
 from service.ipc import Inbound, WorkerReady
-from service.protocol import WorkerStats
+from service.protocol import GenerationRequest, TokenEvent, WorkerStats
 from service.settings import Settings
 from service.worker import worker_main
 
@@ -158,6 +158,54 @@ class WorkerSlot:
     restarts: int = 0
     start_failures: int = 0  # consecutive deaths before reporting ready
     last_error: str | None = None
+    last_heard_s: float = 0.0  # time.monotonic() of its last message, or of work arriving idle
+
+
+def stalled_slots(slots: Sequence[WorkerSlot], timeout_s: float) -> list[WorkerSlot]:
+    """Ready workers holding requests that have sent nothing for `timeout_s` (hung, not dead).
+
+    A busy worker reports every iteration; an iteration longer than `timeout_s` reads as a hang.
+    """
+    now = time.monotonic()
+    return [
+        slot
+        for slot in slots
+        if slot.proc is not None
+        and not slot.proc.has_exited
+        and slot.ready is not None
+        and slot.num_assigned > 0
+        and now - slot.last_heard_s > timeout_s
+    ]
+
+
+async def kill_stalled_workers(slots: Sequence[WorkerSlot], timeout_s: float) -> None:
+    """Forever: SIGKILL each stalled worker; the pool's exit path restarts it and re-routes."""
+    while True:
+        await asyncio.sleep(min(1.0, timeout_s / 4))
+        for slot in stalled_slots(slots, timeout_s):
+            assert slot.proc is not None
+            slot.last_error = (
+                f"it sent nothing for {timeout_s:g} s while holding requests (hung), so it was"
+                " killed (--worker-stall-timeout-s)"
+            )
+            logger.error("worker %d: %s", slot.worker_id, slot.last_error)
+            slot.last_heard_s = time.monotonic()  # once: its exit arrives through the reader
+            slot.proc.process.kill()
+
+
+@dataclass(eq=False, slots=True)
+class PendingRequest:
+    """An accepted request the pool tracks until its final event."""
+
+    request: GenerationRequest
+    slot: WorkerSlot | None = None  # the worker it was sent to
+    events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
+    num_tokens: int = 0
+    num_resubmits: int = 0
+
+    @property
+    def weight(self) -> int:
+        return len(self.request.prompt_token_ids) + self.request.hi
 
 
 def join_all(procs: Sequence[WorkerProcess], timeout_s: float = JOIN_TIMEOUT_S) -> None:

@@ -13,18 +13,20 @@ import asyncio
 import contextlib
 import logging
 import multiprocessing
+import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any, Final
 
 from algorithms import CLAIRVOYANT, make_batch_former
 from service import ipc
 from service._worker_procs import (
     OutboundReader,
+    PendingRequest,
     WorkerProcess,
     WorkerSlot,
     describe_slots,
     join_all,
+    kill_stalled_workers,
     spawn_worker,
     threadsafe,
 )
@@ -35,19 +37,6 @@ MAX_RESUBMITS: Final = 2  # a request that was on this many dying workers fails 
 MAX_START_FAILURES: Final = 5  # a slot whose worker dies this often before ready is given up
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(eq=False, slots=True)
-class _Pending:
-    request: GenerationRequest
-    slot: WorkerSlot | None = None  # the worker it was sent to
-    events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
-    num_tokens: int = 0
-    num_resubmits: int = 0
-
-    @property
-    def weight(self) -> int:
-        return len(self.request.prompt_token_ids) + self.request.hi
 
 
 class WorkerPool:
@@ -61,7 +50,7 @@ class WorkerPool:
         self.metrics = metrics
         self._ctx = multiprocessing.get_context("spawn")
         self._slots = [WorkerSlot(i) for i in range(settings.workers)]
-        self._pending: dict[str, _Pending] = {}
+        self._pending: dict[str, PendingRequest] = {}
         self._handlers: ipc.Handlers = {
             ipc.WorkerReady: self._on_ready,
             ipc.Events: self._on_events,
@@ -74,6 +63,7 @@ class WorkerPool:
         self._idle = asyncio.Event()
         self._accepting = False
         self._closing = False
+        self._watchdog: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         """Spawn the workers and wait until each reports ready (raise if one fails to start)."""
@@ -96,6 +86,8 @@ class WorkerPool:
             raise
         self._idle.set()
         self._accepting = True
+        timeout_s = self.settings.worker_stall_timeout_s
+        self._watchdog = asyncio.create_task(kill_stalled_workers(self._slots, timeout_s))
 
     async def stop(self, grace_s: float) -> None:
         """Stop accepting; wait up to `grace_s` for in-flight requests, fail the rest, shut down."""
@@ -149,19 +141,19 @@ class WorkerPool:
             **describe_slots(self._slots),
         }
 
-    def _accept(self, request: GenerationRequest) -> _Pending | TokenEvent:
+    def _accept(self, request: GenerationRequest) -> PendingRequest | TokenEvent:
         if not self._accepting:
             reason = "the server is not accepting requests (starting or shutting down)"
         elif request.request_id in self._pending:
             reason = f"duplicate request id {request.request_id!r}"
         else:
-            pending = self._pending[request.request_id] = _Pending(request)
+            pending = self._pending[request.request_id] = PendingRequest(request)
             self._idle.clear()
             self._assign(pending)
             return pending
         return TokenEvent(request.request_id, finish_reason="error", error=reason)
 
-    def _assign(self, pending: _Pending) -> None:
+    def _assign(self, pending: PendingRequest) -> None:
         """Send the request to the live worker with the least projected KV load."""
         live = [slot for slot in self._slots if slot.proc is not None]
         if not live:
@@ -169,18 +161,20 @@ class WorkerPool:
             return
         slot = min(live, key=lambda s: (s.ready is None, s.load_tokens, s.worker_id))
         pending.slot = slot
+        if slot.num_assigned == 0:  # an idle worker's silence so far is not a stall
+            slot.last_heard_s = time.monotonic()
         slot.load_tokens += pending.weight
         slot.num_assigned += 1
         assert slot.proc is not None
         slot.proc.send(ipc.Submit(pending.request))
 
-    def _unassign(self, pending: _Pending) -> None:
+    def _unassign(self, pending: PendingRequest) -> None:
         if pending.slot is not None:
             pending.slot.load_tokens -= pending.weight
             pending.slot.num_assigned -= 1
             pending.slot = None
 
-    def _end(self, pending: _Pending, event: TokenEvent) -> None:
+    def _end(self, pending: PendingRequest, event: TokenEvent) -> None:
         """Deliver the final event and forget the request."""
         del self._pending[pending.request.request_id]
         self._unassign(pending)
@@ -188,7 +182,7 @@ class WorkerPool:
             self._idle.set()
         pending.events.put_nowait(event)
 
-    def _fail(self, pending: _Pending, message: str) -> None:
+    def _fail(self, pending: PendingRequest, message: str) -> None:
         request, num_output = pending.request, pending.num_tokens
         num_prompt = len(request.prompt_token_ids)
         event = TokenEvent(request.request_id, (), "", "error", message, num_prompt, num_output)
@@ -199,6 +193,7 @@ class WorkerPool:
 
     def _on_message(self, proc: WorkerProcess, message: ipc.Outbound) -> None:
         if self._slots[proc.worker_id].proc is proc:  # else a replaced worker's leftovers
+            self._slots[proc.worker_id].last_heard_s = time.monotonic()
             ipc.route(self._handlers, message)
 
     def _on_ready(self, message: ipc.WorkerReady) -> None:
@@ -264,7 +259,7 @@ class WorkerPool:
         except OSError as exc:  # out of processes or descriptors: the slot stays empty
             logger.error("cannot restart worker %d: %s", slot.worker_id, exc)
 
-    def _reroute(self, pending: _Pending, why: str) -> None:
+    def _reroute(self, pending: PendingRequest, why: str) -> None:
         """A worker died holding `pending`: re-submit it if nothing was streamed, else fail it."""
         if pending.num_tokens:
             streamed = f"{pending.num_tokens} tokens were streamed and it cannot be resumed"
@@ -281,6 +276,8 @@ class WorkerPool:
     async def _shutdown_workers(self) -> None:
         """Ask every worker to exit, wait (off the event loop), kill stragglers, stop the reader."""
         self._closing = True
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         procs = self._live()
         for proc in procs:
             with contextlib.suppress(ValueError, OSError):  # its queue is already closed

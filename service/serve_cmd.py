@@ -69,6 +69,11 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
         "--open-path", dest="open_paths", action="append", help="path needing no key (repeatable)"
     )
     p.add_argument("--shutdown-grace-s", type=float, help="drain time on SIGTERM (default 30)")
+    p.add_argument(
+        "--worker-stall-timeout-s",
+        type=float,
+        help="restart a worker that reports nothing this long while it has work (default 120)",
+    )
     p.add_argument("--seed", type=int, help="sim engine: output-length seed")
     p.add_argument(
         "--completion-log", type=Path, help="append one JSON line per finished request (retrain)"

@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     open_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
     shutdown_grace_s: float = Field(30.0, ge=0)
+    worker_stall_timeout_s: float = Field(
+        120.0, gt=0, description="kill and restart a worker silent this long while it has work"
+    )
     seed: int = 0
     completion_log: Path | None = Field(None, description="append finished requests (JSONL)")
 

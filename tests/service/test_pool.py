@@ -173,3 +173,32 @@ def test_a_worker_that_cannot_start_fails_start_with_its_error() -> None:
 def test_pool_rejects_a_clairvoyant_policy_up_front() -> None:
     with pytest.raises(ValueError, match="true lengths"):
         WorkerPool(settings(policy="hsf"))
+
+
+def test_a_hung_worker_is_killed_restarted_and_its_requests_rerouted() -> None:
+    pool = WorkerPool(settings(kv_tokens=1200, speedup=200.0, worker_stall_timeout_s=1.0))
+    requests = [request(f"h{i}") for i in range(20)]
+    streamed: dict[str, int] = {}
+
+    async def scenario(pool: WorkerPool) -> None:
+        tasks = [asyncio.create_task(collect(pool, r, streamed)) for r in requests]
+        await eventually(lambda: len(streamed) >= 5)
+        victim = pool.describe()["workers"][0]
+        os.kill(victim["pid"], signal.SIGSTOP)  # alive, holding requests, silent: a hang
+        outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 20)
+        num_failed = 0
+        for req, events in zip(requests, outcomes, strict=True):
+            final = events[-1]
+            assert [e for e in events if e.finish_reason] == [final]
+            if final.finish_reason == "error":
+                num_failed += 1
+                assert final.error is not None and "hung" in final.error
+                assert streamed.get(req.request_id, 0) > 0  # only streamed ones may fail
+            else:
+                assert final.finish_reason == "length" and final.num_output_tokens == 100
+        assert num_failed > 0  # the stopped worker held streaming requests
+        await eventually(pool.is_ready)
+        assert pool.describe()["workers"][0]["restarts"] == 1
+        assert pool.describe()["workers"][0]["pid"] != victim["pid"]
+
+    run(scenario, pool)
