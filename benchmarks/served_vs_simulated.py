@@ -13,6 +13,7 @@ x S are compared with simulated times.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -57,7 +58,20 @@ def served(policy: str, args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "errors": [e for e in doc["errors"] if e][:3],
         "duration_s": float(doc["duration"]) * s,
         "evictions": _counter(metrics, "kvsched:num_preemptions_total"),
+        # the gateway's own view (its arrival = the request parsed): where TTFT goes
+        "gateway_ttft_s": _mean(metrics, "kvsched:time_to_first_token_seconds") * s,
+        "gateway_queue_s": _mean(metrics, "kvsched:request_queue_time_seconds") * s,
+        # the device waiting on the host between back-to-back iterations (worker's own count)
+        "host_overhead_s": _counter(metrics, "kvsched:host_overhead_seconds_total") * s,
+        "iterations": _counter(metrics, "kvsched:batch_formation_seconds_count"),
     }
+
+
+def _mean(metrics: str, histogram: str) -> float:
+    """Mean of a Prometheus histogram in the exposition text: _sum / _count."""
+    total = _counter(metrics, histogram + "_sum")
+    count = _counter(metrics, histogram + "_count")
+    return total / count if count else float("nan")
 
 
 def _counter(metrics: str, name: str) -> float:
@@ -79,9 +93,13 @@ def simulated_cli(policies: list[str], args: argparse.Namespace, tmp: Path) -> d
     return results
 
 
-def simulated_requests(policy: str, args: argparse.Namespace) -> dict[str, FloatArray]:
-    """The same run through the simulator's API, for per-request times."""
+def simulated_requests(
+    policy: str, args: argparse.Namespace, extra_base_ms: float = 0.0
+) -> dict[str, FloatArray]:
+    """The same run through the simulator's API, for per-request times; `extra_base_ms` adds
+    a host overhead to every iteration (the served run's measured mean, in model time)."""
     cost_model = load_cost_model(args.cost_model, kv_tokens=args.kv_tokens)
+    cost_model = dataclasses.replace(cost_model, base_ms=cost_model.base_ms + extra_base_ms)
     workload = build_workload(
         load_trace(args.trace), "exact", seed=0,
         arrivals=ArrivalControl(args.rate_scale, None, False, args.limit),
@@ -92,6 +110,7 @@ def simulated_requests(policy: str, args: argparse.Namespace) -> dict[str, Float
         "ttft_s": log.first_token_s - log.arrival_s,
         "e2e_s": log.completion_s - log.arrival_s,
         "output_tokens": log.output_tokens.astype(np.float64),
+        "queue_s": log.first_start_s - log.arrival_s,
     }
 
 
@@ -117,10 +136,45 @@ def compare(policy: str, srv: dict[str, Any], sim: dict[str, FloatArray],
         goodput(sim["ttft_s"], sim["e2e_s"], sim["output_tokens"], slo),
     )
     rows["evictions"] = (srv["evictions"], summary["evictions"])
+    rows["ttft_breakdown_s"] = ttft_breakdown(srv, sim)
     rows["makespan_s"] = (srv["duration_s"], summary["makespan_s"])
     rows["failed"] = srv["failed"]
     rows["errors"] = srv["errors"]
     return rows
+
+
+def with_host_overhead(
+    policy: str, srv: dict[str, Any], args: argparse.Namespace
+) -> dict[str, float]:
+    """Simulate again with the served run's mean host overhead per iteration added to base_ms:
+    does the measured overhead account for the served/simulated gap?"""
+    extra_ms = 1e3 * srv["host_overhead_s"] / max(srv["iterations"], 1.0)
+    sim = simulated_requests(policy, args, extra_ms)
+    row = {"extra_base_ms": extra_ms}
+    for key in ("ttft", "e2e"):
+        a, b = srv[f"{key}_s"], sim[f"{key}_s"]
+        row[f"mean_{key}_s_served"], row[f"mean_{key}_s_simulated"] = (
+            float(a.mean()),
+            float(b.mean()),
+        )
+        rel = (a - b) / np.maximum(b, 1e-9)
+        row[f"per_request_{key}_median_abs_rel_err"] = float(np.median(np.abs(rel)))
+    return row
+
+
+def ttft_breakdown(srv: dict[str, Any], sim: dict[str, FloatArray]) -> dict[str, float]:
+    """Mean TTFT split into queueing (arrival -> first admission), admission -> first token at
+    the gateway, and the HTTP/SSE leg (client TTFT - gateway TTFT); model seconds."""
+    sim_queue, sim_ttft = float(np.mean(sim["queue_s"])), float(np.mean(sim["ttft_s"]))
+    return {
+        "served_client_ttft": float(np.mean(srv["ttft_s"])),
+        "served_http_leg": float(np.mean(srv["ttft_s"])) - srv["gateway_ttft_s"],
+        "served_queue": srv["gateway_queue_s"],
+        "served_admission_to_first_token": srv["gateway_ttft_s"] - srv["gateway_queue_s"],
+        "simulated_ttft": sim_ttft,
+        "simulated_queue": sim_queue,
+        "simulated_admission_to_first_token": sim_ttft - sim_queue,
+    }
 
 
 def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
@@ -143,6 +197,30 @@ def table(results: dict[str, dict[str, Any]], args: argparse.Namespace) -> str:
         for key in ("ttft", "e2e"):
             value = rows[f"per_request_{key}_median_abs_rel_err"]
             lines.append(f"| {policy} | per-request {key} median abs rel err | | | {value:.1%} |")
+    lines += ["", "Mean TTFT, broken down (model seconds):", ""]
+    lines += ["| policy | part | served | simulated |", "| --- | --- | --- | --- |"]
+    for policy, rows in results.items():
+        b = rows["ttft_breakdown_s"]
+        parts = (("queue (arrival -> first admission)", "queue"),
+                 ("admission -> first token", "admission_to_first_token"))  # fmt: skip
+        for label, key in parts:
+            lines.append(
+                f"| {policy} | {label} | {b['served_' + key]:.3f} | {b['simulated_' + key]:.3f} |"
+            )
+        http_leg = b["served_http_leg"]
+        lines.append(f"| {policy} | HTTP/SSE leg (client - gateway) | {http_leg:.3f} | |")
+    lines += ["", "Simulated again with the served run's measured host overhead per iteration "
+              "added to base_ms:", "",
+              "| policy | + base_ms | mean TTFT served / simulated | mean E2E served / simulated "
+              "| per-request E2E median error |", "| --- | --- | --- | --- | --- |"]  # fmt: skip
+    for policy, rows in results.items():
+        w = rows["with_host_overhead"]
+        ttft = w["mean_ttft_s_served"] / w["mean_ttft_s_simulated"] - 1
+        e2e = w["mean_e2e_s_served"] / w["mean_e2e_s_simulated"] - 1
+        lines.append(
+            f"| {policy} | {w['extra_base_ms']:.2f} ms | {ttft:+.1%} | {e2e:+.1%} "
+            f"| {w['per_request_e2e_median_abs_rel_err']:.1%} |"
+        )
     return "\n".join(lines)
 
 
@@ -191,6 +269,7 @@ def main() -> None:
         for policy in policies:
             srv, sim = served(policy, args, Path(tmp)), simulated_requests(policy, args)
             results[policy] = compare(policy, srv, sim, summaries[policy], slo)
+            results[policy]["with_host_overhead"] = with_host_overhead(policy, srv, args)
             data[policy] = (srv, sim)
             print(f"{policy}: done", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

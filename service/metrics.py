@@ -84,6 +84,11 @@ class Metrics:
         self.generation_tokens = self._counter(
             "generation_tokens", "Generation tokens processed", "worker"
         )
+        self.host_overhead = self._counter(
+            "host_overhead_seconds",
+            "Time back-to-back iterations took beyond the engine's own time (device waits on host)",
+            "worker",
+        )
         self.evictions = self._counter(
             "evictions", "Evictions by the batch former", "worker", "policy"
         )
@@ -149,6 +154,7 @@ class Metrics:
         self.evictions.labels(name, worker, policy).inc(stats.evictions)
         self.prompt_tokens.labels(name, worker).inc(stats.prompt_tokens)
         self.generation_tokens.labels(name, worker).inc(stats.generation_tokens)
+        self.host_overhead.labels(name, worker).inc(stats.host_overhead_s)
         formation = self.batch_formation_seconds.labels(name, worker)
         for elapsed_s in stats.batch_formation_s:
             formation.observe(elapsed_s)

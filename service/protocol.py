@@ -41,7 +41,9 @@ class TokenEvent:
 
     `finish_reason` is set on the last event: "stop" (EOS), "length" (max_tokens), "abort"
     (cancelled), "error" (the worker failed; `error` says why). `first_scheduled_s` is when
-    the request was first admitted into a batch (queue time = it - arrival).
+    the request was first admitted into a batch (queue time = it - arrival). `http_status`: on
+    an "error" event, the status a non-streaming client gets (None = 500; an upstream engine
+    sets 502/503/504, or passes an upstream's 4xx through).
     """
 
     request_id: str
@@ -53,6 +55,7 @@ class TokenEvent:
     num_output_tokens: int = 0
     first_scheduled_s: float | None = None
     num_evictions: int = 0
+    http_status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +72,7 @@ class WorkerStats:
     batch_formation_s: list[float] = field(default_factory=list)
     prompt_tokens: int = 0
     generation_tokens: int = 0
+    host_overhead_s: float = 0.0  # iteration periods beyond the engine's own time (see worker)
 
 
 class Backend(Protocol):

@@ -15,16 +15,16 @@ import queue
 import signal
 import time
 import traceback
-from dataclasses import dataclass, field
 from typing import Any, Final, Protocol, cast
 
 from algorithms import RequestRejectedError
 from algorithms.loop import StepOutcome
 from service import ipc
 from service._engine_host import build_loop, load_engine, request_problem, waiting_request
+from service._worker_state import TrackedRequest, WorkerCounters
 from service.detok import IncrementalDetokenizer
 from service.engines.base import Engine, Tokenizer
-from service.protocol import FinishReason, GenerationRequest, TokenEvent, WorkerStats
+from service.protocol import FinishReason, TokenEvent, WorkerStats
 from service.settings import Settings
 
 STATS_INTERVAL_S: Final = 0.05
@@ -38,29 +38,6 @@ class InboundQueue(Protocol):
 
 class Sender(Protocol):
     def send(self, obj: Any) -> None: ...
-
-
-@dataclass(slots=True)
-class _Tracked:
-    """Worker-side state of one request."""
-
-    request: GenerationRequest
-    loop_id: int
-    detok: IncrementalDetokenizer
-    num_sent: int = 0  # tokens streamed so far; never streamed again
-    run_tokens: int = 0  # tokens produced by the current run (0 again after an eviction)
-    num_evictions: int = 0
-    first_scheduled_s: float | None = None
-    in_engine: bool = False  # engine.add was called (release is owed)
-
-
-@dataclass(slots=True)
-class _Counters:
-    iterations: int = 0
-    evictions: int = 0
-    prompt_tokens: int = 0
-    generation_tokens: int = 0
-    batch_formation_s: list[float] = field(default_factory=list)
 
 
 class Worker:
@@ -84,14 +61,15 @@ class Worker:
             ipc.Cancel: self._on_cancel,
             ipc.Shutdown: self._stop,
         }
-        self._by_request: dict[str, _Tracked] = {}
-        self._by_loop: dict[int, _Tracked] = {}
+        self._by_request: dict[str, TrackedRequest] = {}
+        self._by_loop: dict[int, TrackedRequest] = {}
         self._next_loop_id = 0
         self._outbox: list[TokenEvent] = []
-        self._counters = _Counters()
+        self._counters = WorkerCounters()
         self._dirty = True
         self._last_report_s = 0.0
         self._stuck_since: float | None = None
+        self._previous: tuple[float, float] | None = None  # last step's (start, engine time)
         self._stopping = False
         self._parent_pid = os.getppid()
 
@@ -107,7 +85,10 @@ class Worker:
         )
         self._outbound.send(ready)
         while not self._stopping:
-            self.receive(block=not self.loop.has_work or self._stuck_since is not None)
+            block = not self.loop.has_work or self._stuck_since is not None
+            if block or not len(self.loop.running):
+                self._previous = None  # the device is idle by choice, not waiting on the host
+            self.receive(block=block)
             if self.loop.has_work and not self._stopping:
                 self.step()
             self._flush()
@@ -129,7 +110,11 @@ class Worker:
         """One loop iteration; queue its token events."""
         now_s = time.time()
         started = time.perf_counter()
+        if self._previous is not None:  # back-to-back iterations: the gap the engine waited
+            previous_start, engine_s = self._previous
+            self._counters.host_overhead_s += max(0.0, started - previous_start - engine_s)
         outcome = self.loop.step(now_s)
+        self._previous = (started, outcome.elapsed_s)
         formation_s = time.perf_counter() - started - self._executor.last_execute_s
         self._counters.batch_formation_s.append(max(0.0, formation_s))
         self._counters.iterations += 1
@@ -158,7 +143,7 @@ class Worker:
             reason = "after an eviction its refined output length no longer fits the KV cache"
             self._finish(self._by_loop[loop_id], "error", f"request rejected: {reason}")
 
-    def _on_token(self, tracked: _Tracked, token_id: int, is_last: bool) -> None:
+    def _on_token(self, tracked: TrackedRequest, token_id: int, is_last: bool) -> None:
         tracked.run_tokens += 1
         tokens: tuple[int, ...] = ()
         text = ""
@@ -174,7 +159,7 @@ class Worker:
 
     def _finish(
         self,
-        tracked: _Tracked,
+        tracked: TrackedRequest,
         reason: FinishReason,
         error: str | None,
         tokens: tuple[int, ...] = (),
@@ -189,7 +174,7 @@ class Worker:
 
     def _event(
         self,
-        tracked: _Tracked,
+        tracked: TrackedRequest,
         tokens: tuple[int, ...] = (),
         text: str = "",
         reason: FinishReason | None = None,
@@ -230,7 +215,7 @@ class Worker:
             self._outbox.append(TokenEvent(request.request_id, finish_reason="error", error=error))
             return
         loop_id, self._next_loop_id = self._next_loop_id, self._next_loop_id + 1
-        tracked = _Tracked(
+        tracked = TrackedRequest(
             request, loop_id, IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids)
         )
         self._by_request[request.request_id] = tracked
@@ -278,9 +263,10 @@ class Worker:
             counters.batch_formation_s,
             counters.prompt_tokens,
             counters.generation_tokens,
+            counters.host_overhead_s,
         )
         self._outbound.send(ipc.Stats(stats))
-        self._counters, self._dirty, self._last_report_s = _Counters(), False, now
+        self._counters, self._dirty, self._last_report_s = WorkerCounters(), False, now
 
 
 def worker_main(

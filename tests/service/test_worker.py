@@ -5,6 +5,7 @@ from __future__ import annotations
 import queue
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -203,3 +204,23 @@ def test_chunked_prefill_setting_splits_the_prompt_over_iterations(
     num_prefill_iterations = 1 if budget is None else 40 // budget  # the last chunk emits a token
     assert num_iterations == num_prefill_iterations + 20 - 1
     assert sum(s.stats.prompt_tokens for s in h.stats) == 40 and idle.stats.kv_tokens == 0
+
+
+def test_host_overhead_counts_back_to_back_iteration_gaps_beyond_engine_time(
+    harness_factory: Any, tmp_path: Any
+) -> None:
+    zero = tmp_path / "zero.toml"  # the engine takes no time: every gap is host time
+    zero.write_text(
+        'name = "zero"\nkv_capacity_tokens = 100000\nbase_ms = 0.0\nprefill_ms_per_token = 0.0\n'
+        "decode_ms_per_request = 0.0\nkv_ms_per_token = 0.0\n"
+    )
+    h = harness_factory(cost_model=str(zero))
+    started = time.perf_counter()
+    h.submit(request("z", max_tokens=300, ignore_eos=True))
+    h.wait_final(["z"])
+    h.wait_idle_stats()
+    wall_s = time.perf_counter() - started
+    overhead_s = sum(s.stats.host_overhead_s for s in h.stats)
+    num_iterations = sum(s.stats.iterations for s in h.stats)
+    assert num_iterations == 300
+    assert 0.0 < overhead_s < wall_s  # 299 gaps between 300 back-to-back iterations
