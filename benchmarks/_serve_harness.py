@@ -44,13 +44,17 @@ class Server:
 
 
 @contextlib.contextmanager
-def running_server(flags: list[str], ready_timeout_s: float = 90.0) -> Iterator[Server]:
-    """`kvsched serve FLAGS` on a free port; yields once /ready answers 200; SIGTERM on exit."""
+def running_server(
+    flags: list[str], ready_timeout_s: float = 90.0, cpus: set[int] | None = None
+) -> Iterator[Server]:
+    """`kvsched serve FLAGS` on a free port; yields once /ready answers 200; SIGTERM on exit.
+    `cpus`: pin the server (and the workers it spawns, which inherit it) to these cores."""
     port = free_port()
     command = [sys.executable, "-m", "service.cli", "serve", "--port", str(port), *flags]
     command += ["--log-level", "warning"]
     with tempfile.TemporaryFile() as log:
-        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log)
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+        proc = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=log, preexec_fn=pin)
         try:
             url = f"http://127.0.0.1:{port}"
             _wait_ready(url, proc, ready_timeout_s, log)

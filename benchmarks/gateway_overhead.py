@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -194,19 +195,26 @@ def main() -> None:
     parser.add_argument("--overload-tokens", type=int, default=64, help="max_tokens")
     parser.add_argument("--overload-factor", type=float, default=10.0)
     parser.add_argument("--overload-duration-s", type=float, default=30.0)
+    parser.add_argument(
+        "--pin", action="store_true", help="server on core 0, load generator on core 1"
+    )
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks"))
     args = parser.parse_args()
+    server_cpus = None
+    if args.pin:
+        server_cpus = {0}
+        os.sched_setaffinity(0, {1})
     document: dict[str, Any] = {"args": {k: str(v) for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory() as tmp:
         profile = Path(tmp) / "zero.toml"
         profile.write_text(ZERO_PROFILE)
         for predictor in args.predictors.split(","):
-            with running_server(server_flags(predictor, profile)) as server:
+            with running_server(server_flags(predictor, profile), cpus=server_cpus) as server:
                 document[f"predictor_{predictor}"] = asyncio.run(zero_cost_suite(server, args))
             print(f"predictor {predictor}: done", flush=True)
     flags = ["--engine", "sim", "--cost-model", "llama3-8b-h100", "--predictor", "none"]
     flags += ["--max-queue", str(args.overload_queue), "--max-batch-size", "4"]
-    with running_server(flags) as server:
+    with running_server(flags, cpus=server_cpus) as server:
         document["overload"] = asyncio.run(overload_suite(server, args))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gateway_overhead.json").write_text(json.dumps(document, indent=1) + "\n")
