@@ -24,20 +24,31 @@ from service.settings import Settings
 
 
 class TimedExecutor:
-    """The loop's executor: `engine.execute`, timed (`last_execute_s`)."""
+    """The loop's executor: `engine.execute`, timed (`last_execute_s`).
 
-    def __init__(self, engine: Engine) -> None:
+    `prefill_only` (a prefill worker): every request ends at its first token; the ones the
+    engine did not finish themselves are listed in `handed_over` (of the last iteration).
+    """
+
+    def __init__(self, engine: Engine, *, prefill_only: bool = False) -> None:
         self.engine = engine
+        self.prefill_only = prefill_only
         self.last_execute_s = 0.0
+        self.handed_over: frozenset[int] = frozenset()
 
     def execute(
         self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> StepResult:
         started = time.perf_counter()
         try:
-            return self.engine.execute(running, prefill_tokens, produces)
+            result = self.engine.execute(running, prefill_tokens, produces)
         finally:
             self.last_execute_s = time.perf_counter() - started
+        if not self.prefill_only:
+            return result
+        first = running.ids[produces & (running.generated == 0)].tolist()
+        self.handed_over = frozenset(first) - frozenset(result.finished)
+        return StepResult(result.elapsed_s, result.finished + tuple(sorted(self.handed_over)))
 
 
 def load_engine(settings: Settings, worker_id: int) -> tuple[Engine, Tokenizer]:
@@ -48,7 +59,9 @@ def load_engine(settings: Settings, worker_id: int) -> tuple[Engine, Tokenizer]:
     return engine, tokenizer
 
 
-def build_loop(settings: Settings, engine: Engine) -> tuple[SchedulingLoop, TimedExecutor]:
+def build_loop(
+    settings: Settings, engine: Engine, *, prefill_only: bool = False
+) -> tuple[SchedulingLoop, TimedExecutor]:
     """The batch former, predictor-refiner and `SchedulingLoop` that `settings` name."""
     refiner = None
     if settings.predictor != "none":
@@ -56,7 +69,7 @@ def build_loop(settings: Settings, engine: Engine) -> tuple[SchedulingLoop, Time
 
         refiner = load_predictor(settings.predictor)
     former = make_batch_former(settings.policy, **settings.policy_params)
-    executor = TimedExecutor(engine)
+    executor = TimedExecutor(engine, prefill_only=prefill_only)
     loop = SchedulingLoop(
         former,
         executor,
@@ -78,6 +91,8 @@ def request_problem(request: GenerationRequest, engine: Engine) -> str | None:
         return f"max_tokens must be >= 1, got {request.max_tokens}"
     if not 1 <= request.lo <= request.hi:
         return f"predicted interval needs 1 <= lo <= hi, got [{request.lo}, {request.hi}]"
+    if request.output_offset >= request.max_tokens:
+        return f"{request.output_offset} output tokens handed over, max_tokens {request.max_tokens}"
     if total > engine.max_model_len:
         return (
             f"prompt ({num_prompt} tokens) + max_tokens ({request.max_tokens}) exceeds "
@@ -91,10 +106,25 @@ def request_problem(request: GenerationRequest, engine: Engine) -> str | None:
     return None
 
 
-def waiting_request(request: GenerationRequest, loop_id: int) -> WaitingRequest:
-    """The loop's record of `request` (arrival: the gateway's clock, else now)."""
+def waiting_request(
+    request: GenerationRequest, loop_id: int, *, prefill_only: bool = False
+) -> WaitingRequest:
+    """The loop's record of `request` (arrival: the gateway's clock, else now).
+
+    On a prefill worker it needs one output token. A handed-over request (output_offset k)
+    holds prompt + k KV tokens to start with and needs k fewer output tokens.
+    """
     arrival_s = request.arrival_s or time.time()
-    interval = LengthInterval(request.lo, request.hi)
+    if prefill_only:
+        return WaitingRequest(
+            loop_id, arrival_s, len(request.prompt_token_ids), LengthInterval(1, 1), max_tokens=1
+        )
+    k = request.output_offset
+    interval = LengthInterval(max(1, request.lo - k), max(1, request.hi - k))
     return WaitingRequest(
-        loop_id, arrival_s, len(request.prompt_token_ids), interval, max_tokens=request.max_tokens
+        loop_id,
+        arrival_s,
+        len(request.prompt_token_ids) + k,
+        interval,
+        max_tokens=request.max_tokens - k,
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import itertools
 import logging
 import threading
@@ -22,8 +23,9 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from typing import Any, Final
 
-from service.ipc import Inbound, WorkerReady
+from service.ipc import Inbound, Shutdown, WorkerReady
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats
+from service.roles import Role
 from service.settings import Settings
 from service.worker import worker_main
 
@@ -150,6 +152,7 @@ class WorkerSlot:
     """One worker position of the pool: its current process and what the pool knows of it."""
 
     worker_id: int
+    role: Role = "mixed"
     proc: WorkerProcess | None = None  # None: given up (or shut down)
     ready: WorkerReady | None = None  # None until the current process reported ready
     stats: WorkerStats | None = None
@@ -198,14 +201,24 @@ class PendingRequest:
     """An accepted request the pool tracks until its final event."""
 
     request: GenerationRequest
+    stage: Role = "mixed"  # the role of worker it needs now
     slot: WorkerSlot | None = None  # the worker it was sent to
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
-    num_tokens: int = 0
+    num_tokens: int = 0  # streamed to the client
     num_resubmits: int = 0
+    handed_tokens: tuple[int, ...] = ()  # output of its prefill worker (stage "decode")
 
     @property
     def weight(self) -> int:
-        return len(self.request.prompt_token_ids) + self.request.hi
+        """Projected KV load on its worker: prompt + 1 to prefill, else prompt + hi."""
+        output = 1 if self.stage == "prefill" else self.request.hi
+        return len(self.request.prompt_token_ids) + output
+
+    def stage_request(self) -> GenerationRequest:
+        """What its worker is sent: the request, with the handed-over output if any."""
+        if not self.handed_tokens:
+            return self.request
+        return dataclasses.replace(self.request, output_token_ids=self.handed_tokens)
 
 
 def join_all(procs: Sequence[WorkerProcess], timeout_s: float = JOIN_TIMEOUT_S) -> None:
@@ -224,6 +237,22 @@ def join_all(procs: Sequence[WorkerProcess], timeout_s: float = JOIN_TIMEOUT_S) 
         proc.discard()
 
 
+async def shutdown_workers(slots: Sequence[WorkerSlot], reader: OutboundReader | None) -> None:
+    """Ask every live worker to exit, wait (off the event loop), kill stragglers, stop `reader`."""
+    procs = [slot.proc for slot in slots if slot.proc is not None]
+    for proc in procs:
+        with contextlib.suppress(ValueError, OSError):  # its queue is already closed
+            proc.send(Shutdown())
+    loop = asyncio.get_running_loop()
+    await loop.run_in_executor(None, join_all, procs)
+    if reader is not None:
+        await loop.run_in_executor(None, reader.stop)
+    for proc in procs:
+        proc.process.join(0.1)  # reap; the reader has stopped, so no other thread does
+    for slot in slots:
+        slot.proc, slot.ready = None, None
+
+
 def describe_slot(slot: WorkerSlot) -> dict[str, Any]:
     stats, proc = slot.stats, slot.proc
     kv_tokens = stats.kv_tokens if stats else 0
@@ -232,6 +261,7 @@ def describe_slot(slot: WorkerSlot) -> dict[str, Any]:
     )
     return {
         "worker_id": slot.worker_id,
+        "role": slot.role,
         "pid": proc.pid if proc else None,
         "alive": proc is not None and not proc.has_exited,
         "ready": slot.ready is not None,

@@ -1,15 +1,18 @@
 """A worker's bookkeeping records: per-request streaming state and per-report counters.
 
 `TrackedRequest.num_sent` only grows, so a token is streamed at most once even when an evicted
-request regenerates its output from scratch.
+request regenerates its output from scratch. A request handed over from a prefill worker counts
+the tokens streamed there (`output_offset`) in its events' `num_output_tokens`; its KV is in
+`Transit` (one transfer at a time on the worker's link) before the loop may admit it.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 from service.detok import IncrementalDetokenizer
-from service.protocol import GenerationRequest
+from service.protocol import FinishReason, GenerationRequest, TokenEvent, WorkerStats
 
 
 @dataclass(slots=True)
@@ -25,6 +28,27 @@ class TrackedRequest:
     first_scheduled_s: float | None = None
     in_engine: bool = False  # engine.add was called (release is owed)
 
+    def event(
+        self,
+        tokens: tuple[int, ...] = (),
+        text: str = "",
+        reason: FinishReason | None = None,
+        error: str | None = None,
+    ) -> TokenEvent:
+        """The request's next `TokenEvent` (final when `reason` is set)."""
+        request = self.request
+        return TokenEvent(
+            request.request_id,
+            tokens,
+            text,
+            reason,
+            error,
+            len(request.prompt_token_ids),
+            request.output_offset + self.num_sent,
+            self.first_scheduled_s,
+            self.num_evictions,
+        )
+
 
 @dataclass(slots=True)
 class WorkerCounters:
@@ -36,3 +60,60 @@ class WorkerCounters:
     generation_tokens: int = 0
     batch_formation_s: list[float] = field(default_factory=list)
     host_overhead_s: float = 0.0
+    handover_tokens: int = 0
+
+    def stats(
+        self,
+        worker_id: int,
+        num_running: int,
+        num_waiting: int,
+        kv_tokens: int,
+        kv_capacity_tokens: int,
+    ) -> WorkerStats:
+        """The report: the given gauges plus these counters."""
+        return WorkerStats(
+            worker_id,
+            num_running,
+            num_waiting,
+            kv_tokens,
+            kv_capacity_tokens,
+            self.iterations,
+            self.evictions,
+            self.batch_formation_s,
+            self.prompt_tokens,
+            self.generation_tokens,
+            self.host_overhead_s,
+            self.handover_tokens,
+        )
+
+
+@dataclass(slots=True)
+class Transit:
+    """KV hand-overs on their way to this (decode) worker, over one link, one at a time, so
+    they never slow the iterations already running (spec exegpt.md §8: via host memory)."""
+
+    link_free_s: float = 0.0
+    queue: deque[tuple[float, TrackedRequest]] = field(default_factory=deque)
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def send(self, tracked: TrackedRequest, duration_s: float, now_s: float) -> None:
+        """Start (or queue) the transfer of `tracked`'s KV, lasting `duration_s`."""
+        self.link_free_s = max(now_s, self.link_free_s) + duration_s
+        self.queue.append((self.link_free_s, tracked))
+
+    def arrived(self, now_s: float) -> list[TrackedRequest]:
+        """The requests whose KV has arrived by `now_s` (in arrival order), removed."""
+        out = []
+        while self.queue and self.queue[0][0] <= now_s:
+            out.append(self.queue.popleft()[1])
+        return out
+
+    def wait_s(self, now_s: float) -> float | None:
+        """Seconds until the next arrival (None: nothing in transit)."""
+        return max(0.0, self.queue[0][0] - now_s) if self.queue else None
+
+    def drop(self, tracked: TrackedRequest) -> None:
+        """Forget `tracked` (cancelled); the link time it used stays spent."""
+        self.queue = deque(item for item in self.queue if item[1] is not tracked)

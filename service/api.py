@@ -38,8 +38,9 @@ from service.streaming import (
 )
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 503)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 429, 500, 502, 503, 504)
 }
+_SERVER_ERROR_CODES = {502: "bad_gateway", 503: "upstream_unavailable", 504: "upstream_timeout"}
 router = APIRouter()
 
 
@@ -68,10 +69,19 @@ async def _respond(
         job.close()
         raise
     if job.finish_reason == "error":
-        message = job.error or "generation failed"
-        raise ApiError(500, message, type="server_error", code="generation_failed")
+        raise _generation_error(job)
     body = fmt.whole(text, job.finish_reason, usage_of(job))
     return Response(body, media_type="application/json")
+
+
+def _generation_error(job: Job) -> ApiError:
+    """500, or the status the backend chose (an upstream's 502/503/504, or its 4xx)."""
+    status = job.error_status or 500
+    message = job.error or "generation failed"
+    if status < 500:
+        return ApiError(status, message, code="upstream_rejected")
+    code = _SERVER_ERROR_CODES.get(status, "generation_failed")
+    return ApiError(status, message, type="server_error", code=code)
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses=ERRORS)

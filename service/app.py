@@ -44,10 +44,10 @@ def create_app(
         settings = Settings()  # type: ignore[call-arg]  # all fields have defaults (env read here)
     if metrics is None:
         metrics = Metrics(settings.model_name)
-    if backend is None:
-        backend = _default_backend(settings, metrics)
     if tokenizer is None:
         tokenizer = _default_tokenizer(settings)
+    if backend is None:
+        backend = _default_backend(settings, metrics, tokenizer)
     if predictor is None:
         predictor = _default_predictor(settings)
     gateway = Gateway(settings, backend, tokenizer, predictor, metrics)
@@ -80,14 +80,23 @@ def _lifespan(gateway: Gateway) -> Lifespan:
     return lifespan
 
 
-def _default_backend(settings: Settings, metrics: Metrics) -> Backend:
-    pool = importlib.import_module("service.pool")
-    backend: Backend = pool.WorkerPool(settings, metrics=metrics)
+def _default_backend(settings: Settings, metrics: Metrics, tokenizer: Tokenizer) -> Backend:
+    """WorkerPool; `openai-upstream` and `vllm` bring their own Backend (no worker processes)."""
+    backend: Backend
+    if settings.engine == "openai-upstream":
+        upstream = importlib.import_module("service.upstream")
+        backend = upstream.UpstreamBackend(settings, tokenizer, metrics=metrics)
+    elif settings.engine == "vllm":
+        vllm_engine = importlib.import_module("service.engines.vllm")
+        backend = vllm_engine.VllmBackend(settings, metrics=metrics)
+    else:
+        backend = importlib.import_module("service.pool").WorkerPool(settings, metrics=metrics)
     return backend
 
 
 def _default_tokenizer(settings: Settings) -> Tokenizer:
-    engine = importlib.import_module(f"service.engines.{settings.engine}")
+    name = "service.upstream" if settings.engine == "openai-upstream" else None
+    engine = importlib.import_module(name or f"service.engines.{settings.engine}")
     tokenizer: Tokenizer = engine.load_tokenizer(settings)
     return tokenizer
 

@@ -235,6 +235,7 @@ class Job:
         self.num_output_tokens = 0
         self.finish_reason: FinishReason | None = None
         self.error: str | None = None
+        self.error_status: int | None = None
         self._gateway = gateway
         self._observer = observer
         self._closed = False
@@ -275,6 +276,7 @@ class Job:
         self._observer.on_finish(reason, self.num_output_tokens, now_s)
         self._gateway.completion_log.record(self)
         self.error = (event.error or "generation failed") if reason == "error" else None
+        self.error_status = event.http_status if reason == "error" else None
         return Delta(text, reason, self.error)
 
     def close(self) -> None:

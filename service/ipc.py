@@ -1,7 +1,8 @@
 """Messages between the worker pool and its worker processes (style §7.7).
 
 Inbound (pool -> worker): `Submit`, `Cancel`, `Shutdown`. Outbound (worker -> pool): `Events`
-(one iteration's `TokenEvent`s), `Stats` (`WorkerStats`), `WorkerReady`, `WorkerFailed`.
+(one iteration's `TokenEvent`s and `Prefilled` hand-overs), `Stats` (`WorkerStats`),
+`WorkerReady`, `WorkerFailed`.
 All are small frozen records that pickle cheaply; each side routes them with a type -> handler
 table (`route`), never with isinstance ladders or strings.
 """
@@ -39,11 +40,22 @@ class Shutdown:
 
 
 @dataclass(frozen=True, slots=True)
+class Prefilled:
+    """A prefill worker produced the request's first token and released it: the pool hands it
+    (with `token_ids`, its output so far) to a decode worker."""
+
+    request_id: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Events:
-    """The token events one worker iteration produced (at most one per request)."""
+    """The token events one worker iteration produced (at most one per request), then the
+    requests it handed over (`prefilled`, after their token events)."""
 
     worker_id: int
     events: tuple[TokenEvent, ...]
+    prefilled: tuple[Prefilled, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

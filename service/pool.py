@@ -2,9 +2,10 @@
 
 Each request goes to the live worker with the least projected KV load (sum of prompt + hi over
 its unfinished requests) and its events come back on a per-request asyncio queue. A worker that
-dies is restarted; its requests that streamed no token yet are re-submitted (tokens are
-deterministic, so nothing is lost), the others end with an "error" event. Invariant: every
-accepted request gets exactly one final event; none hangs, none vanishes.
+dies is restarted; its requests that streamed no token from it yet are re-submitted (tokens are
+deterministic, so nothing is lost), the others end with an "error" event. With worker roles
+(service.roles) a request goes to a prefill worker first, then with its first token to a decode
+worker. Invariant: every accepted request gets exactly one final event; none hangs or vanishes.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from service._worker_procs import (
     WorkerProcess,
     WorkerSlot,
     describe_slots,
-    join_all,
     kill_stalled_workers,
+    shutdown_workers,
     spawn_worker,
     threadsafe,
 )
 from service.protocol import GenerationRequest, TokenEvent
+from service.roles import RoleMetrics, first_role, pick_slot, worker_role
 from service.settings import Settings
 
 MAX_RESUBMITS: Final = 2  # a request that was on this many dying workers fails instead
@@ -49,7 +51,8 @@ class WorkerPool:
         self.settings = settings
         self.metrics = metrics
         self._ctx = multiprocessing.get_context("spawn")
-        self._slots = [WorkerSlot(i) for i in range(settings.workers)]
+        self._slots = [WorkerSlot(i, worker_role(settings, i)) for i in range(settings.workers)]
+        self._role_metrics = RoleMetrics(metrics, self._slots)
         self._pending: dict[str, PendingRequest] = {}
         self._handlers: ipc.Handlers = {
             ipc.WorkerReady: self._on_ready,
@@ -138,6 +141,7 @@ class WorkerPool:
             "ready": self.is_ready(),
             "accepting": self._accepting,
             "num_requests": len(self._pending),
+            "prefill_workers": self.settings.prefill_workers,
             **describe_slots(self._slots),
         }
 
@@ -147,26 +151,27 @@ class WorkerPool:
         elif request.request_id in self._pending:
             reason = f"duplicate request id {request.request_id!r}"
         else:
-            pending = self._pending[request.request_id] = PendingRequest(request)
+            pending = PendingRequest(request, first_role(self.settings))
+            self._pending[request.request_id] = pending
             self._idle.clear()
             self._assign(pending)
             return pending
         return TokenEvent(request.request_id, finish_reason="error", error=reason)
 
     def _assign(self, pending: PendingRequest) -> None:
-        """Send the request to the live worker with the least projected KV load."""
-        live = [slot for slot in self._slots if slot.proc is not None]
-        if not live:
-            self._fail(pending, "no worker is running")
+        """Send the request to the live worker of its stage with the least projected KV load."""
+        slot = pick_slot(self._slots, pending.stage)
+        if slot is None:
+            role = "" if pending.stage == "mixed" else f"{pending.stage} "
+            self._fail(pending, f"no {role}worker is running")
             return
-        slot = min(live, key=lambda s: (s.ready is None, s.load_tokens, s.worker_id))
         pending.slot = slot
         if slot.num_assigned == 0:  # an idle worker's silence so far is not a stall
             slot.last_heard_s = time.monotonic()
         slot.load_tokens += pending.weight
         slot.num_assigned += 1
         assert slot.proc is not None
-        slot.proc.send(ipc.Submit(pending.request))
+        slot.proc.send(ipc.Submit(pending.stage_request()))
 
     def _unassign(self, pending: PendingRequest) -> None:
         if pending.slot is not None:
@@ -214,9 +219,16 @@ class WorkerPool:
                 self._end(pending, event)
             else:
                 pending.events.put_nowait(event)
+        for prefilled in message.prefilled:
+            pending = self._pending.get(prefilled.request_id)
+            if pending is not None and pending.slot is slot:
+                self._unassign(pending)  # the prefill worker released it: on to a decode worker
+                pending.stage, pending.handed_tokens = "decode", prefilled.token_ids
+                self._assign(pending)
 
     def _on_stats(self, message: ipc.Stats) -> None:
         self._slots[message.stats.worker_id].stats = message.stats
+        self._role_metrics.observe(message.stats)
         observe = getattr(self.metrics, "observe_worker", None)
         if observe is not None:
             observe(message.stats, self.settings.policy)
@@ -260,8 +272,8 @@ class WorkerPool:
             logger.error("cannot restart worker %d: %s", slot.worker_id, exc)
 
     def _reroute(self, pending: PendingRequest, why: str) -> None:
-        """A worker died holding `pending`: re-submit it if nothing was streamed, else fail it."""
-        if pending.num_tokens:
+        """A worker died holding `pending`: re-submit it if it streamed nothing, else fail it."""
+        if pending.num_tokens > len(pending.handed_tokens):
             streamed = f"{pending.num_tokens} tokens were streamed and it cannot be resumed"
             self._fail(pending, f"{why}; {streamed}")
         elif pending.num_resubmits >= MAX_RESUBMITS or self._closing:
@@ -278,15 +290,4 @@ class WorkerPool:
         self._closing = True
         if self._watchdog is not None:
             self._watchdog.cancel()
-        procs = self._live()
-        for proc in procs:
-            with contextlib.suppress(ValueError, OSError):  # its queue is already closed
-                proc.send(ipc.Shutdown())
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, join_all, procs)
-        if self._reader is not None:
-            await loop.run_in_executor(None, self._reader.stop)
-        for proc in procs:
-            proc.process.join(0.1)  # reap; the reader has stopped, so no other thread does
-        for slot in self._slots:
-            slot.proc, slot.ready = None, None
+        await shutdown_workers(self._slots, self._reader)

@@ -22,6 +22,8 @@ class GenerationRequest:
 
     `lo`/`hi`: the predicted output-length interval (1 <= lo <= hi <= max_tokens).
     `arrival_s`: time.time() at the gateway, for latency metrics.
+    `output_token_ids`: output already produced elsewhere (a prefill worker's first token,
+    handed over with its KV): the worker continues at output position len(output_token_ids).
     """
 
     request_id: str
@@ -33,6 +35,12 @@ class GenerationRequest:
     ignore_eos: bool = False
     priority: int = 0
     arrival_s: float = 0.0
+    output_token_ids: tuple[int, ...] = ()
+
+    @property
+    def output_offset(self) -> int:
+        """Output tokens produced before this worker got the request (0: a fresh request)."""
+        return len(self.output_token_ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +81,7 @@ class WorkerStats:
     prompt_tokens: int = 0
     generation_tokens: int = 0
     host_overhead_s: float = 0.0  # iteration periods beyond the engine's own time (see worker)
+    handover_tokens: int = 0  # KV tokens received from prefill workers instead of prefilled
 
 
 class Backend(Protocol):

@@ -28,8 +28,12 @@ def add_parser(commands: Any) -> None:
         "scheduling. Flags override KVSCHED_* environment variables.",
         argument_default=argparse.SUPPRESS,  # only flags given on the command line override
     )
-    p.add_argument("--engine", choices=("sim", "hf"), help="model engine (default sim)")
-    p.add_argument("--model", help="local Hugging Face model directory (hf engine)")
+    p.add_argument(
+        "--engine",
+        choices=("sim", "hf", "vllm", "openai-upstream"),
+        help="model engine (default sim)",
+    )
+    p.add_argument("--model", help="local Hugging Face model directory (hf, vllm engines)")
     p.add_argument("--served-model-name", help="model name in /v1/models")
     p.add_argument("--policy", help="batch former (see `kvsched policies`; default amin)")
     p.add_argument(
@@ -40,7 +44,60 @@ def add_parser(commands: Any) -> None:
         help="batch-former parameter (repeatable)",
     )
     _add_server_flags(p)
+    _add_role_flags(p)
+    _add_upstream_flags(p)
     p.set_defaults(handler=run_serve)
+
+
+def _add_upstream_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--upstream",
+        action="append",
+        metavar="URL",
+        help="openai-upstream: base URL of an OpenAI-compatible server (repeatable)",
+    )
+    p.add_argument(
+        "--upstream-kv-tokens",
+        type=int,
+        help="openai-upstream: KV capacity of each upstream, tokens (default: learned)",
+    )
+    p.add_argument(
+        "--upstream-timeout-s",
+        type=float,
+        help="openai-upstream: longest silence from an upstream mid-request (default 60)",
+    )
+    p.add_argument(
+        "--upstream-probe-interval-s",
+        type=float,
+        help="openai-upstream: how often each upstream's /metrics is read (default 1)",
+    )
+    p.add_argument(
+        "--tokenizer", help="openai-upstream: local tokenizer directory (default: Llama-3's)"
+    )
+
+
+def _add_role_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--plan",
+        type=Path,
+        help="a `kvsched plan --json` file: worker roles, counts and batch limits (flags win)",
+    )
+    p.add_argument(
+        "--prefill-workers",
+        type=int,
+        help="sim engine: workers that only prefill; the rest decode (default 0: all mixed)",
+    )
+    p.add_argument("--prefill-max-batch-size", type=int, help="max_batch_size of prefill workers")
+    p.add_argument(
+        "--prefill-max-num-batched-tokens",
+        type=int,
+        help="chunked-prefill token budget of prefill workers",
+    )
+    p.add_argument(
+        "--kv-transfer-ms-per-token",
+        type=float,
+        help="sim engine: KV hand-over cost to a decode worker (default 0.0052)",
+    )
 
 
 def _add_server_flags(p: argparse.ArgumentParser) -> None:

@@ -8,7 +8,8 @@ pydantic's message naming the field.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -21,8 +22,8 @@ class Settings(BaseSettings):
 
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
-    engine: Literal["sim", "hf"] = "sim"
-    model: str | None = Field(None, description="local model directory (hf engine)")
+    engine: Literal["sim", "hf", "vllm", "openai-upstream"] = "sim"
+    model: str | None = Field(None, description="local model directory (hf, vllm engines)")
     served_model_name: str | None = Field(None, description="name in /v1/models; default derived")
     policy: str = "amin"
     policy_params: dict[str, str | int | float | bool] = Field(default_factory=dict)
@@ -33,6 +34,13 @@ class Settings(BaseSettings):
     max_batch_size: int | None = Field(256, ge=1)
     max_num_batched_tokens: int | None = Field(
         None, ge=1, description="chunked prefill: token budget per iteration (vLLM's name)"
+    )
+    plan: Path | None = Field(None, description="`kvsched plan --json` file: roles and limits")
+    prefill_workers: int = Field(0, ge=0, description="workers that only prefill; rest decode")
+    prefill_max_batch_size: int | None = Field(None, ge=1, description="on prefill workers")
+    prefill_max_num_batched_tokens: int | None = Field(None, ge=1, description="the same")
+    kv_transfer_ms_per_token: float | None = Field(
+        None, ge=0, description="sim engine: KV hand-over per token (default: ClusterSpec's)"
     )
     speedup: float = Field(1.0, gt=0, description="sim engine: run this many times faster")
     sim_output_lengths: Path | None = Field(None, description="trace whose lengths sim samples")
@@ -48,14 +56,63 @@ class Settings(BaseSettings):
     )
     seed: int = 0
     completion_log: Path | None = Field(None, description="append finished requests (JSONL)")
+    upstream: tuple[str, ...] = Field((), description="openai-upstream: server base URLs")
+    upstream_kv_tokens: int | None = Field(
+        None, ge=1, description="openai-upstream: KV capacity per upstream (default: learned)"
+    )
+    upstream_timeout_s: float = Field(
+        60.0, gt=0, description="openai-upstream: longest silence from an upstream mid-request"
+    )
+    upstream_probe_interval_s: float = Field(
+        1.0, gt=0, description="openai-upstream: how often each upstream's /metrics is read"
+    )
+    tokenizer: str | None = Field(
+        None, description="openai-upstream: local tokenizer directory (default: Llama-3's)"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_plan(cls, data: Any) -> Any:
+        """A `plan` fills the fields it knows that were not given (flags and env win)."""
+        if isinstance(data, dict) and data.get("plan"):
+            from service.plan_serve import plan_settings
+
+            return plan_settings(Path(data["plan"]), given=set(data)) | data
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
-        if self.engine == "hf" and not self.model:
-            raise ValueError("engine 'hf' needs --model, a local Hugging Face model directory")
+        if self.engine in ("hf", "vllm") and not self.model:
+            raise ValueError(
+                f"engine {self.engine!r} needs --model, a local Hugging Face model directory"
+            )
+        if self.engine in ("vllm", "openai-upstream") and self.workers != 1:
+            raise ValueError(f"engine {self.engine!r} runs no worker processes; leave --workers 1")
+        self._check_upstream()
+        if self.prefill_workers and self.engine != "sim":
+            raise ValueError(f"worker roles need --engine sim for now, not {self.engine!r}")
+        if self.prefill_workers and self.prefill_workers >= self.workers:
+            raise ValueError(
+                f"--prefill-workers {self.prefill_workers} leaves no decode worker of"
+                f" --workers {self.workers}"
+            )
         if self.api_keys_file is not None and not self.api_keys_file.is_file():
             raise ValueError(f"api_keys_file {self.api_keys_file} is not a file")
         return self
+
+    def _check_upstream(self) -> None:
+        if self.engine != "openai-upstream":
+            if self.upstream:
+                raise ValueError("--upstream is only for --engine openai-upstream")
+            return
+        if not self.upstream:
+            raise ValueError("engine 'openai-upstream' needs --upstream URL (repeatable)")
+        for url in self.upstream:
+            parts = urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError(f"upstream {url!r} is not an http:// or https:// base URL")
+        if len(set(self.upstream)) != len(self.upstream):
+            raise ValueError("the same --upstream URL is given twice")
 
     @property
     def model_name(self) -> str:

@@ -4,8 +4,9 @@
 blocking while it has work, runs one loop iteration at a time and sends the iteration's
 `TokenEvent`s, plus `WorkerStats` every STATS_INTERVAL_S. Invariants: a token is streamed at most
 once (an evicted request regenerates its tokens deterministically and the ones already sent
-are skipped); every submitted request gets exactly one final event; an exception is reported
-as `WorkerFailed` and re-raised, so the process exits non-zero.
+are skipped); every submitted request gets exactly one final event, or (on a prefill worker,
+service.roles) its first token and a `Prefilled` hand-over; an exception is reported as
+`WorkerFailed` and re-raised, so the process exits non-zero.
 """
 
 from __future__ import annotations
@@ -21,10 +22,11 @@ from algorithms import RequestRejectedError
 from algorithms.loop import StepOutcome
 from service import ipc
 from service._engine_host import build_loop, load_engine, request_problem, waiting_request
-from service._worker_state import TrackedRequest, WorkerCounters
+from service._worker_state import TrackedRequest, Transit, WorkerCounters
 from service.detok import IncrementalDetokenizer
 from service.engines.base import Engine, Tokenizer
-from service.protocol import FinishReason, TokenEvent, WorkerStats
+from service.protocol import FinishReason, TokenEvent
+from service.roles import role_settings, worker_role
 from service.settings import Settings
 
 STATS_INTERVAL_S: Final = 0.05
@@ -53,8 +55,13 @@ class Worker:
         engine: tuple[Engine, Tokenizer] | None = None,
     ) -> None:
         self.worker_id = worker_id
+        self.role = worker_role(settings, worker_id)
+        self._prefill_only = self.role == "prefill"
+        settings = role_settings(settings, self.role)
         self.engine, self.tokenizer = engine or load_engine(settings, worker_id)
-        self.loop, self._executor = build_loop(settings, self.engine)
+        self.loop, self._executor = build_loop(
+            settings, self.engine, prefill_only=self._prefill_only
+        )
         self._inbound, self._outbound = inbound, outbound
         self._handlers: ipc.Handlers = {
             ipc.Submit: self._on_submit,
@@ -65,6 +72,9 @@ class Worker:
         self._by_loop: dict[int, TrackedRequest] = {}
         self._next_loop_id = 0
         self._outbox: list[TokenEvent] = []
+        self._prefilled: list[ipc.Prefilled] = []
+        self._transit = Transit()
+        self._handover_delay_s = getattr(self.engine, "handover_delay_s", None)
         self._counters = WorkerCounters()
         self._dirty = True
         self._last_report_s = 0.0
@@ -85,6 +95,8 @@ class Worker:
         )
         self._outbound.send(ready)
         while not self._stopping:
+            for tracked in self._transit.arrived(time.monotonic()):
+                self._enqueue(tracked)
             block = not self.loop.has_work or self._stuck_since is not None
             if block or not len(self.loop.running):
                 self._previous = None  # the device is idle by choice, not waiting on the host
@@ -95,10 +107,13 @@ class Worker:
             self._report(force=not self.loop.has_work)
 
     def receive(self, *, block: bool) -> None:
-        """Handle every queued message; wait up to IDLE_POLL_S for the first one if `block`."""
+        """Handle every queued message; wait up to IDLE_POLL_S (or the next KV arrival) for the
+        first one if `block`."""
+        wait_s = self._transit.wait_s(time.monotonic())
+        timeout_s = IDLE_POLL_S if wait_s is None else min(IDLE_POLL_S, wait_s)
         while not self._stopping:
             try:
-                message = self._inbound.get(block, IDLE_POLL_S if block else None)
+                message = self._inbound.get(block, timeout_s if block else None)
             except queue.Empty:
                 if block and os.getppid() != self._parent_pid:
                     self._stopping = True  # orphaned: the pool process is gone
@@ -128,7 +143,12 @@ class Worker:
             tracked = self._by_loop[loop_id]
             if tracked.first_scheduled_s is None:
                 tracked.first_scheduled_s = now_s
-                self._counters.prompt_tokens += len(tracked.request.prompt_token_ids)
+                request = tracked.request
+                if request.output_offset:  # its KV arrives from a prefill worker
+                    num_kv = len(request.prompt_token_ids) + request.output_offset
+                    self._counters.handover_tokens += num_kv
+                else:
+                    self._counters.prompt_tokens += len(request.prompt_token_ids)
         for loop_id in outcome.evicted:
             tracked = self._by_loop[loop_id]
             tracked.num_evictions += 1
@@ -151,11 +171,17 @@ class Worker:
             tracked.num_sent += 1
             self._counters.generation_tokens += 1
             tokens, text = (token_id,), tracked.detok.add(token_id)
-        if is_last:
+        if is_last and tracked.loop_id in self._executor.handed_over:
+            if tokens:
+                self._outbox.append(tracked.event(tokens, text))
+            output = tracked.request.output_token_ids + (token_id,)
+            self._prefilled.append(ipc.Prefilled(tracked.request.request_id, output))
+            self._forget(tracked)
+        elif is_last:
             reason = cast(FinishReason, self.engine.finish_reason(tracked.loop_id))
             self._finish(tracked, reason, None, tokens, text)
         elif tokens:
-            self._outbox.append(self._event(tracked, tokens, text))
+            self._outbox.append(tracked.event(tokens, text))
 
     def _finish(
         self,
@@ -165,33 +191,15 @@ class Worker:
         tokens: tuple[int, ...] = (),
         text: str = "",
     ) -> None:
+        self._forget(tracked)
+        self._outbox.append(tracked.event(tokens, text, reason, error))
+
+    def _forget(self, tracked: TrackedRequest) -> None:
         if tracked.in_engine:
             self.engine.release(tracked.loop_id, forget=True)
         del self._by_request[tracked.request.request_id]
         del self._by_loop[tracked.loop_id]
-        self._outbox.append(self._event(tracked, tokens, text, reason, error))
         self._dirty = True
-
-    def _event(
-        self,
-        tracked: TrackedRequest,
-        tokens: tuple[int, ...] = (),
-        text: str = "",
-        reason: FinishReason | None = None,
-        error: str | None = None,
-    ) -> TokenEvent:
-        request = tracked.request
-        return TokenEvent(
-            request.request_id,
-            tokens,
-            text,
-            reason,
-            error,
-            len(request.prompt_token_ids),
-            tracked.num_sent,
-            tracked.first_scheduled_s,
-            tracked.num_evictions,
-        )
 
     def _check_stuck(self, outcome: StepOutcome) -> None:
         """Fail waiting requests the policy keeps refusing to start on an empty batch."""
@@ -215,26 +223,36 @@ class Worker:
             self._outbox.append(TokenEvent(request.request_id, finish_reason="error", error=error))
             return
         loop_id, self._next_loop_id = self._next_loop_id, self._next_loop_id + 1
-        tracked = TrackedRequest(
-            request, loop_id, IncrementalDetokenizer(self.tokenizer, request.prompt_token_ids)
-        )
+        context = request.prompt_token_ids + request.output_token_ids
+        tracked = TrackedRequest(request, loop_id, IncrementalDetokenizer(self.tokenizer, context))
         self._by_request[request.request_id] = tracked
         self._by_loop[loop_id] = tracked
         problem = request_problem(request, self.engine)
-        if problem is None:
-            self.engine.add(loop_id, request)
-            tracked.in_engine = True
-            try:
-                self.loop.add_request(waiting_request(request, loop_id))
-                self._dirty = True
-                return
-            except RequestRejectedError as exc:
-                problem = str(exc)
-        self._finish(tracked, "error", f"request rejected: {problem}")
+        if problem is None and self._prefill_only and request.output_offset:
+            problem = "a prefill worker takes no handed-over request"
+        if problem is not None:
+            self._finish(tracked, "error", f"request rejected: {problem}")
+            return
+        self.engine.add(loop_id, request)
+        tracked.in_engine = True
+        if request.output_offset and self._handover_delay_s is not None:  # KV on its way here
+            num_kv = len(request.prompt_token_ids) + request.output_offset
+            self._transit.send(tracked, self._handover_delay_s(num_kv), time.monotonic())
+            return
+        self._enqueue(tracked)
+
+    def _enqueue(self, tracked: TrackedRequest) -> None:
+        waiting = waiting_request(tracked.request, tracked.loop_id, prefill_only=self._prefill_only)
+        try:
+            self.loop.add_request(waiting)
+        except RequestRejectedError as exc:
+            self._finish(tracked, "error", f"request rejected: {exc}")
+        self._dirty = True
 
     def _on_cancel(self, message: ipc.Cancel) -> None:
         tracked = self._by_request.get(message.request_id)
         if tracked is not None:  # else it already finished
+            self._transit.drop(tracked)
             self.loop.abort(tracked.loop_id)
             self._finish(tracked, "abort", None)
 
@@ -243,27 +261,22 @@ class Worker:
         self._stopping = True
 
     def _flush(self) -> None:
-        if self._outbox:
-            self._outbound.send(ipc.Events(self.worker_id, tuple(self._outbox)))
-            self._outbox = []
+        if self._outbox or self._prefilled:
+            prefilled = tuple(self._prefilled)
+            self._outbound.send(ipc.Events(self.worker_id, tuple(self._outbox), prefilled))
+            self._outbox, self._prefilled = [], []
 
     def _report(self, *, force: bool) -> None:
         now = time.monotonic()
         if not self._dirty or (not force and now - self._last_report_s < STATS_INTERVAL_S):
             return
-        counters, running = self._counters, self.loop.running
-        stats = WorkerStats(
+        loop = self.loop
+        stats = self._counters.stats(
             self.worker_id,
-            len(running),
-            len(self.loop.waiting),
-            running.kv_tokens,
-            self.loop.kv_capacity_tokens,
-            counters.iterations,
-            counters.evictions,
-            counters.batch_formation_s,
-            counters.prompt_tokens,
-            counters.generation_tokens,
-            counters.host_overhead_s,
+            len(loop.running),
+            len(loop.waiting) + len(self._transit),
+            loop.running.kv_tokens,
+            loop.kv_capacity_tokens,
         )
         self._outbound.send(ipc.Stats(stats))
         self._counters, self._dirty, self._last_report_s = WorkerCounters(), False, now

@@ -5,7 +5,10 @@ running request emits a deterministic placeholder token. A request's output leng
 when it is added, from a generator seeded by (settings.seed, request id): `max_tokens` under
 `ignore_eos`, else a draw from a trace's lengths or a log-normal, clipped to
 [max(min_tokens, 1), max_tokens]. Invariant: a request evicted and restarted (or re-submitted
-to another worker) regenerates exactly the same tokens.
+to another worker) regenerates exactly the same tokens; a request handed over from a prefill
+worker (`output_offset` k) continues at output position k; its KV arrives by transfer
+(`handover_delay_s`: prompt + k tokens x kv_transfer_ms_per_token, the worker waits for it off
+the iteration clock) and its admission costs a decode step here, no prefill compute.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from algorithms.state import RunningSet
 from service.protocol import GenerationRequest
 from service.settings import Settings
 from simulator.cost_model import CostModel, load_cost_model
+from simulator.exegpt.config import ClusterSpec
 from simulator.traces import load_trace
 
 VOCAB_SIZE: Final = 32_000
@@ -124,11 +128,18 @@ class SimEngine:
         self.lengths: NDArray[np.int64] | None = None
         if settings.sim_output_lengths is not None:
             self.lengths = load_trace(settings.sim_output_lengths).output_tokens
+        transfer_ms = settings.kv_transfer_ms_per_token
+        if transfer_ms is None:
+            transfer_ms = ClusterSpec(1).kv_transfer_ms_per_token
+        self.kv_transfer_s_per_token = transfer_ms / 1000.0
+        self.handover_s = 0.0  # model seconds of KV hand-over transfers so far
         self._sleep, self._clock = sleep, clock
         self._deadline = 0.0
         self._targets: dict[int, int] = {}
         self._seeds: dict[int, int] = {}
         self._stops: dict[int, bool] = {}  # True: ends with EOS ("stop"), False: "length"
+        self._offsets: dict[int, int] = {}
+        self._handover: set[int] = set()  # its KV arrives by transfer (until it is evicted)
         self._last: dict[int, int] = {}
 
     def add(self, loop_id: int, request: GenerationRequest) -> None:
@@ -136,17 +147,35 @@ class SimEngine:
         self._targets[loop_id] = target
         self._seeds[loop_id] = request_seed(self.seed, request.request_id)
         self._stops[loop_id] = target < request.max_tokens
+        self._offsets[loop_id] = request.output_offset
+        if request.output_offset:
+            self._handover.add(loop_id)
+
+    def handover_delay_s(self, num_kv_tokens: int) -> float:
+        """Wall seconds the KV of a hand-over takes to arrive (model time / speedup)."""
+        model_s = num_kv_tokens * self.kv_transfer_s_per_token
+        self.handover_s += model_s
+        return model_s / self.speedup
+
+    def iteration_s(
+        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+    ) -> float:
+        """Model seconds of one iteration; a hand-over's KV is here already (no prefill)."""
+        handover = np.zeros(len(running), dtype=np.bool_)
+        if self._handover:
+            handover = np.fromiter((i in self._handover for i in running.ids.tolist()), np.bool_)
+        decoding = produces & ((running.prefill_left == 0) | handover)
+        return self.cost_model.iteration_time_s(
+            int(prefill_tokens[~handover].sum()), int(decoding.sum()), running.next_step_tokens()
+        )
 
     def execute(
         self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> StepResult:
-        num_decode = int((produces & (running.prefill_left == 0)).sum())
-        model_s = self.cost_model.iteration_time_s(
-            int(prefill_tokens.sum()), num_decode, running.next_step_tokens()
-        )
-        elapsed_s = model_s / self.speedup
+        elapsed_s = self.iteration_s(running, prefill_tokens, produces) / self.speedup
         ids = running.ids[produces]
-        positions = running.generated[produces]
+        offsets = np.fromiter((self._offsets[int(i)] for i in ids), np.int64, len(ids))
+        positions = running.generated[produces] + offsets
         targets = np.fromiter((self._targets[int(i)] for i in ids), np.int64, len(ids))
         seeds = np.fromiter((self._seeds[int(i)] for i in ids), np.int64, len(ids))
         stops = np.fromiter((self._stops[int(i)] for i in ids), np.bool_, len(ids))
@@ -173,9 +202,11 @@ class SimEngine:
         return "stop" if self._stops[loop_id] else "length"
 
     def release(self, loop_id: int, *, forget: bool) -> None:
-        """Nothing to free on a simulated GPU; `forget` drops the request's fixed length."""
+        """Nothing to free on a simulated GPU; `forget` drops the request's fixed length. An
+        evicted hand-over lost its transferred KV: its next prefill is computed here."""
+        self._handover.discard(loop_id)
         if forget:
-            for table in (self._targets, self._seeds, self._stops):
+            for table in (self._targets, self._seeds, self._stops, self._offsets):
                 table.pop(loop_id, None)
 
 

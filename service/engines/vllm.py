@@ -1,0 +1,208 @@
+"""The `vllm` engine: vLLM's `AsyncLLM` serving a local model, kvsched's scheduler inside it.
+
+Not an `Engine` (base.py): that contract has the worker's `SchedulingLoop` call `execute` once
+per iteration, while AsyncLLM runs vLLM's own engine loop (EngineCore, in its own process) and
+calls its scheduler every step. So this is a `Backend` like the upstream one: AsyncLLM lives in
+the gateway process (as in `vllm serve`), vLLM is told `scheduler_cls=SCHEDULER_CLS`, the
+policy travels in KVSCHED_POLICY / KVSCHED_POLICY_PARAMS (inherited by the EngineCore) and each
+request's interval in `SamplingParams.extra_args`. vLLM is imported only inside functions: the
+module loads without it, and a missing vLLM is one line naming `pip install 'kvsched[vllm]'`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import importlib.util
+import json
+import math
+import os
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Final
+
+from algorithms import CLAIRVOYANT, make_batch_former
+from service.engines.hf import HFTokenizer
+from service.protocol import FinishReason, GenerationRequest, TokenEvent
+from service.settings import Settings
+from service.vllm_ext.config import PARAMS_ENV, POLICY_ENV
+from service.vllm_ext.views import HI_KEY, LO_KEY
+
+SCHEDULER_CLS: Final = "service.vllm_ext.scheduler.KvschedScheduler"
+INSTALL_HINT: Final = "pip install 'kvsched[vllm]'"
+BLOCK_SIZE: Final = 16  # tokens per KV block when --kv-tokens sets the block count
+
+
+def require_vllm() -> None:
+    """RuntimeError with the install hint when vLLM is not importable here."""
+    if importlib.util.find_spec("vllm") is None:
+        raise RuntimeError(f"engine 'vllm' needs vLLM, which is not installed: {INSTALL_HINT}")
+
+
+def _vllm(module: str = "vllm") -> ModuleType:
+    require_vllm()
+    return importlib.import_module(module)
+
+
+def model_path(settings: Settings) -> str:
+    """`settings.model` as an existing local directory (ValueError otherwise: no downloads)."""
+    if not settings.model or not Path(settings.model).is_dir():
+        raise ValueError(
+            f"engine 'vllm' needs --model, a local model directory: {settings.model!r}"
+        )
+    return settings.model
+
+
+def engine_kwargs(settings: Settings) -> dict[str, Any]:
+    """vLLM `AsyncEngineArgs` fields for `settings` (our scheduler class configured)."""
+    kwargs: dict[str, Any] = {
+        "model": model_path(settings),
+        "served_model_name": settings.model_name,
+        "scheduler_cls": SCHEDULER_CLS,
+        "max_model_len": settings.max_model_len,
+        "seed": settings.seed,
+    }
+    if settings.max_batch_size is not None:
+        kwargs["max_num_seqs"] = settings.max_batch_size
+    if settings.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = settings.max_num_batched_tokens
+    if settings.kv_tokens is not None:
+        kwargs["block_size"] = BLOCK_SIZE
+        kwargs["num_gpu_blocks_override"] = math.ceil(settings.kv_tokens / BLOCK_SIZE)
+    return kwargs
+
+
+def scheduler_env(settings: Settings) -> dict[str, str]:
+    """The environment the scheduler inside vLLM reads its policy from (vllm_ext.config)."""
+    return {POLICY_ENV: settings.policy, PARAMS_ENV: json.dumps(settings.policy_params)}
+
+
+def load_tokenizer(settings: Settings) -> HFTokenizer:
+    """The model directory's tokenizer (the one vLLM uses), after checking vLLM is installed."""
+    require_vllm()
+    from transformers import AutoTokenizer
+
+    path = model_path(settings)
+    return HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
+
+
+class VllmBackend:
+    """Implements `service.protocol.Backend` with vLLM's AsyncLLM (greedy decoding)."""
+
+    def __init__(self, settings: Settings, metrics: object | None = None) -> None:
+        if settings.policy in CLAIRVOYANT:
+            raise ValueError(f"policy {settings.policy!r} needs true lengths; it cannot serve")
+        make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad names
+        require_vllm()
+        self.settings, self.metrics = settings, metrics
+        self.kwargs = engine_kwargs(settings)
+        self._llm: Any = None
+        self._active: set[str] = set()
+        self._idle = asyncio.Event()
+        self._accepting = False
+
+    async def start(self) -> None:
+        """Build AsyncLLM (loads the model, starts EngineCore with our scheduler)."""
+        os.environ.update(scheduler_env(self.settings))
+        args = _vllm().AsyncEngineArgs(**self.kwargs)
+        self._llm = _vllm("vllm.v1.engine.async_llm").AsyncLLM.from_engine_args(args)
+        self._idle.set()
+        self._accepting = True
+
+    async def stop(self, grace_s: float) -> None:
+        self._accepting = False
+        if self._active:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._idle.wait(), grace_s)
+        if self._llm is not None:
+            if self._active:
+                await self._llm.abort(list(self._active))
+            self._llm.shutdown()
+
+    def is_ready(self) -> bool:
+        return self._accepting and self._llm is not None and not self._llm.errored
+
+    async def generate(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        """vLLM's outputs for the request as TokenEvents (deltas); aclose() aborts it in vLLM."""
+        rid = request.request_id
+        if not self.is_ready() or rid in self._active:
+            why = "duplicate request id" if rid in self._active else "the engine is not ready"
+            yield TokenEvent(rid, finish_reason="error", error=why, http_status=503)
+            return
+        self._active.add(rid)
+        self._idle.clear()
+        try:
+            async for event in self._events(request):
+                yield event
+        finally:
+            self._active.discard(rid)
+            if not self._active:
+                self._idle.set()
+
+    async def _events(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+        rid, num_prompt = request.request_id, len(request.prompt_token_ids)
+        prompt = {"prompt_token_ids": list(request.prompt_token_ids)}
+        stream = self._llm.generate(prompt, self._params(request), rid)
+        num_output, started = 0, False
+        try:
+            async for output in stream:
+                completion = output.outputs[0]
+                num_output += len(completion.token_ids)
+                scheduled_s = None if started else time.time()  # ~ first token, not admission
+                started = True
+                yield TokenEvent(
+                    rid, token_ids=tuple(int(t) for t in completion.token_ids),
+                    text=completion.text,
+                    finish_reason=_finish_reason(completion.finish_reason, output.finished),
+                    num_prompt_tokens=num_prompt, num_output_tokens=num_output,
+                    first_scheduled_s=scheduled_s,
+                )  # fmt: skip
+        except Exception as exc:  # vLLM's errors: bad request (ValueError), engine dead, ...
+            status = 400 if isinstance(exc, ValueError) else 503 if self._llm.errored else 500
+            yield TokenEvent(
+                rid, finish_reason="error", error=f"vLLM: {type(exc).__name__}: {exc}",
+                num_prompt_tokens=num_prompt, num_output_tokens=num_output, http_status=status,
+            )  # fmt: skip
+        finally:
+            await stream.aclose()  # aborts the request in vLLM if it has not finished
+
+    def _params(self, request: GenerationRequest) -> Any:
+        kinds = _vllm("vllm.sampling_params")
+        return kinds.SamplingParams(
+            temperature=0.0,
+            max_tokens=request.max_tokens,
+            min_tokens=request.min_tokens,
+            ignore_eos=request.ignore_eos,
+            output_kind=kinds.RequestOutputKind.DELTA,
+            extra_args={LO_KEY: request.lo, HI_KEY: request.hi},
+        )
+
+    def cancel(self, request_id: str) -> None:
+        if self._llm is not None and request_id in self._active:
+            task = asyncio.ensure_future(self._llm.abort(request_id))
+            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+    def describe(self) -> dict[str, Any]:
+        info: dict[str, Any] = {
+            "policy": self.settings.policy,
+            "engine": "vllm",
+            "scheduler_cls": SCHEDULER_CLS,
+            "ready": self.is_ready(),
+            "num_requests": len(self._active),
+        }
+        cache = getattr(getattr(self._llm, "vllm_config", None), "cache_config", None)
+        blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", 0)
+        if isinstance(blocks, int) and isinstance(block_size, int) and blocks > 0:
+            info["workers"] = [{"worker_id": 0, "kv_capacity_tokens": blocks * block_size}]
+        return info
+
+
+def _finish_reason(reason: str | None, finished: bool) -> FinishReason | None:
+    if not finished:
+        return None
+    if reason == "abort":
+        return "abort"
+    return "length" if reason == "length" else "stop"
