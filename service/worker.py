@@ -22,7 +22,7 @@ from algorithms import RequestRejectedError
 from algorithms.loop import StepOutcome
 from service import ipc
 from service._engine_host import build_loop, load_engine, request_problem, waiting_request
-from service._worker_state import TrackedRequest, Transit, WorkerCounters
+from service._worker_state import HostOverhead, TrackedRequest, Transit, WorkerCounters
 from service.detok import IncrementalDetokenizer
 from service.engines.base import Engine, Tokenizer
 from service.protocol import FinishReason, TokenEvent
@@ -79,7 +79,7 @@ class Worker:
         self._dirty = True
         self._last_report_s = 0.0
         self._stuck_since: float | None = None
-        self._previous: tuple[float, float] | None = None  # last step's (start, engine time)
+        self._host = HostOverhead()
         self._stopping = False
         self._parent_pid = os.getppid()
 
@@ -99,7 +99,7 @@ class Worker:
                 self._enqueue(tracked)
             block = not self.loop.has_work or self._stuck_since is not None
             if block or not len(self.loop.running):
-                self._previous = None  # the device is idle by choice, not waiting on the host
+                self._host.idle()  # the device is idle by choice, not waiting on the host
             self.receive(block=block)
             if self.loop.has_work and not self._stopping:
                 self.step()
@@ -125,11 +125,9 @@ class Worker:
         """One loop iteration; queue its token events."""
         now_s = time.time()
         started = time.perf_counter()
-        if self._previous is not None:  # back-to-back iterations: the gap the engine waited
-            previous_start, engine_s = self._previous
-            self._counters.host_overhead_s += max(0.0, started - previous_start - engine_s)
+        self._counters.host_overhead_s += self._host.before_step(started)
         outcome = self.loop.step(now_s)
-        self._previous = (started, outcome.elapsed_s)
+        self._host.after_step(outcome.elapsed_s)
         formation_s = time.perf_counter() - started - self._executor.last_execute_s
         self._counters.batch_formation_s.append(max(0.0, formation_s))
         self._counters.iterations += 1

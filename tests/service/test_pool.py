@@ -9,15 +9,15 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from service.engines.sim import output_length
 from service.pool import WorkerPool
-from service.protocol import GenerationRequest, TokenEvent, WorkerStats
+from service.protocol import GenerationRequest, WorkerStats
 from service.settings import Settings
+from tests.service.pool_support import collect, eventually, run
 
 PROMPT = tuple(range(5, 15))
 
@@ -42,36 +42,6 @@ def request(
     return GenerationRequest(
         request_id, PROMPT, max_tokens=max_tokens, lo=1, hi=max_tokens, ignore_eos=ignore_eos
     )
-
-
-async def collect(
-    pool: WorkerPool, req: GenerationRequest, streamed: dict[str, int] | None = None
-) -> list[TokenEvent]:
-    events = []
-    async for event in pool.generate(req):
-        events.append(event)
-        if streamed is not None:
-            streamed[req.request_id] = streamed.get(req.request_id, 0) + len(event.token_ids)
-    return events
-
-
-def run(scenario: Callable[[WorkerPool], Awaitable[None]], pool: WorkerPool) -> None:
-    async def main() -> None:
-        await asyncio.wait_for(pool.start(), 30)
-        try:
-            await scenario(pool)
-        finally:
-            await asyncio.wait_for(pool.stop(1.0), 30)
-
-    asyncio.run(main())
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout_s)
 
 
 def test_pool_serves_50_concurrent_requests_and_cancel_frees_the_worker() -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from service.pool import WorkerPool
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats
 from service.settings import Settings
 from simulator.traces import load_trace
+from tests.service.pool_support import collect, eventually, run
 
 PROMPT = tuple(range(5, 17))
 # GeneratedTokens of the tiny trace the sim engine draws output lengths from: 1 = EOS first
@@ -76,36 +76,6 @@ def mixed_requests() -> list[GenerationRequest]:
     reqs += [request(f"one{i}", 1, ignore_eos=i % 2 == 0) for i in range(4)]
     reqs += [request(f"L{i}", 30 + i, ignore_eos=True) for i in range(6)]
     return reqs
-
-
-async def collect(
-    pool: WorkerPool, req: GenerationRequest, streamed: dict[str, int] | None = None
-) -> list[TokenEvent]:
-    events = []
-    async for event in pool.generate(req):
-        events.append(event)
-        if streamed is not None:
-            streamed[req.request_id] = streamed.get(req.request_id, 0) + len(event.token_ids)
-    return events
-
-
-def run(scenario: Callable[[WorkerPool], Awaitable[Any]], pool: WorkerPool) -> Any:
-    async def main() -> Any:
-        await asyncio.wait_for(pool.start(), 30)
-        try:
-            return await scenario(pool)
-        finally:
-            await asyncio.wait_for(pool.stop(1.0), 30)
-
-    return asyncio.run(main())
-
-
-async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> None:
-    async def poll() -> None:
-        while not condition():
-            await asyncio.sleep(0.01)
-
-    await asyncio.wait_for(poll(), timeout_s)
 
 
 def serve_all(pool: WorkerPool, reqs: list[GenerationRequest]) -> dict[str, list[TokenEvent]]:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from service import ipc
+from service._worker_state import HostOverhead
 from service.engines.sim import (
     EOS_TOKEN_ID,
     SimTokenizer,
@@ -224,3 +225,16 @@ def test_host_overhead_counts_back_to_back_iteration_gaps_beyond_engine_time(
     num_iterations = sum(s.stats.iterations for s in h.stats)
     assert num_iterations == 300
     assert 0.0 < overhead_s < wall_s  # 299 gaps between 300 back-to-back iterations
+
+
+def test_host_overhead_counts_net_lateness_not_jitter() -> None:
+    clock = HostOverhead()
+    assert clock.before_step(10.0) == 0.0  # a busy period starts
+    clock.after_step(1.0)
+    assert clock.before_step(11.3) == pytest.approx(0.3)  # started 0.3 late
+    clock.after_step(1.0)
+    assert clock.before_step(12.1) == 0.0  # caught up (pacing): nothing more is lost
+    clock.after_step(1.0)
+    assert clock.before_step(13.5) == pytest.approx(0.2)  # net 0.5 late: 0.2 beyond the mark
+    clock.idle()
+    assert clock.before_step(100.0) == 0.0  # idle time is not overhead
