@@ -8,6 +8,7 @@ The lifespan starts the backend and, on shutdown, stops accepting before it drai
 
 from __future__ import annotations
 
+import gc
 import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -72,6 +73,10 @@ def _lifespan(gateway: Gateway) -> Lifespan:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await gateway.start()
+        # startup objects (predictor, tokenizer, FastAPI's routes) never die: keep them out of
+        # the collector's generations, so a full collection does not pause every request
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:
