@@ -65,6 +65,7 @@ def create_app(
         max_body_bytes=settings.max_body_bytes,
         api_keys=settings.all_api_keys(),
         open_paths=settings.open_paths,
+        on_response=metrics.observe_response,
     )
     return app
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -107,8 +107,10 @@ class GatewayMiddleware:
         max_body_bytes: int,
         api_keys: frozenset[str],
         open_paths: Sequence[str],
+        on_response: Callable[[str, int], None] | None = None,
     ) -> None:
         self.app = app
+        self.on_response = on_response  # (path, status) of every HTTP response
         self.max_body_bytes = max_body_bytes
         self.api_keys = tuple(key.encode() for key in sorted(api_keys))
         self.open_paths = frozenset(open_paths)
@@ -117,6 +119,8 @@ class GatewayMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.on_response is not None:
+            send = _counting(send, scope["path"], self.on_response)
         denied = self._check_key(scope)
         if denied is not None:
             await denied.response()(scope, receive, send)
@@ -182,6 +186,15 @@ class GatewayMiddleware:
                 raise
             error = ApiError(500, "internal server error", type="server_error")
             await error.response()(scope, receive, send)
+
+
+def _counting(send: Send, path: str, on_response: Callable[[str, int], None]) -> Send:
+    async def counting_send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            on_response(path, message["status"])
+        await send(message)
+
+    return counting_send
 
 
 def _replay(body: bytes, receive: Receive) -> Receive:

@@ -122,6 +122,9 @@ class Metrics:
         self.request_success = self._counter(
             "request_success", "Finished requests by finish reason", "finished_reason"
         )
+        self.http_requests = self._counter(
+            "http_requests", "HTTP responses by route and status code", "handler", "status"
+        )
         self.admission_rejections = self._counter(
             "admission_rejections", "Requests the gateway refused", "reason"
         )
@@ -159,6 +162,11 @@ class Metrics:
         for elapsed_s in stats.batch_formation_s:
             formation.observe(elapsed_s)
 
+    def observe_response(self, path: str, status: int) -> None:
+        """Count one HTTP response; paths outside the API are counted as "other"."""
+        handler = path if path in ROUTES else "other"
+        self.http_requests.labels(self.model_name, handler, str(status)).inc()
+
     def forget_worker(self, worker_id: int) -> None:
         """Drop a gone worker's gauges (its counters stay: they are cumulative)."""
         for gauge in (self.num_requests_running, self.num_requests_waiting):
@@ -184,6 +192,12 @@ def _is_created_sample(line: bytes) -> bool:
     words = line.split(b" ", 3)
     name = words[2] if line.startswith(b"# ") and len(words) > 2 else line.split(b"{", 1)[0]
     return name.split(b" ", 1)[0].endswith(b"_created")
+
+
+ROUTES = frozenset(
+    {"/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready", "/metrics",
+     "/v1/scheduler"}
+)  # fmt: skip
 
 
 def _remove(metric: Gauge, *labels: str) -> None:

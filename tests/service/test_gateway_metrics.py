@@ -120,3 +120,22 @@ def test_interval_misses_count_only_known_lengths_outside_the_interval(
     assert value(text, "kvsched:e2e_request_latency_seconds_sum") == 2.0
     assert value(text, "kvsched:request_queue_time_seconds_sum") == 0.5
     assert value(text, "kvsched:time_to_first_token_seconds_sum") == 1.0
+
+
+async def test_http_responses_are_counted_by_route_and_status_including_middleware_refusals() -> None:
+    app, _ = make_app(FakeBackend(num_tokens=2), api_keys=["k"], max_body_bytes=1024)
+    auth = {"Authorization": "Bearer k"}
+    payload = {"model": MODEL, "prompt": "a b", "max_tokens": 2}
+    async with serve(app) as client:
+        assert (await client.post("/v1/completions", json=payload, headers=auth)).status_code == 200
+        assert (await client.post("/v1/completions", json=payload)).status_code == 401
+        bad = {**payload, "max_tokens": 0}
+        assert (await client.post("/v1/completions", json=bad, headers=auth)).status_code == 400
+        big = {**payload, "prompt": "x" * 2000}
+        assert (await client.post("/v1/completions", json=big, headers=auth)).status_code == 413
+        assert (await client.get("/no/such/path", headers=auth)).status_code == 404
+        text = (await client.get("/metrics")).text
+    name = "kvsched:http_requests_total"
+    for status in ("200", "401", "400", "413"):
+        assert value(text, name, handler="/v1/completions", status=status) == 1, status
+    assert value(text, name, handler="other", status="404") == 1
