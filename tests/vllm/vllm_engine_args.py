@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from service.engines.vllm import engine_kwargs
 from service.settings import Settings
@@ -20,10 +21,11 @@ def main(model_dir: Path) -> None:
     from vllm.engine.arg_utils import AsyncEngineArgs
 
     build_model(model_dir)
-    settings = Settings(
-        engine="vllm", model=str(model_dir), predictor="none", kv_tokens=1000, max_batch_size=8,
-        max_model_len=128,
-    )  # fmt: skip
+    fields: dict[str, Any] = {
+        "engine": "vllm", "model": str(model_dir), "predictor": "none", "kv_tokens": 1000,
+        "max_batch_size": 8, "max_model_len": 128,
+    }  # fmt: skip
+    settings = Settings(**fields)
     config = AsyncEngineArgs(**engine_kwargs(settings)).create_engine_config()
     cls = config.scheduler_config.get_scheduler_cls()
     report = {
