@@ -104,7 +104,7 @@ class Worker:
             if self.loop.has_work and not self._stopping:
                 self.step()
             self._flush()
-            self._report(force=not self.loop.has_work)
+            self._report(force=not self.loop.has_work and not len(self._transit))
 
     def receive(self, *, block: bool) -> None:
         """Handle every queued message; wait up to IDLE_POLL_S (or the next KV arrival) for the
@@ -266,7 +266,10 @@ class Worker:
 
     def _report(self, *, force: bool) -> None:
         now = time.monotonic()
-        if not self._dirty or (not force and now - self._last_report_s < STATS_INTERVAL_S):
+        heartbeat = len(self._transit) > 0  # KV on its way: silence would read as a hang
+        if not (self._dirty or heartbeat) or (
+            not force and now - self._last_report_s < STATS_INTERVAL_S
+        ):
             return
         loop = self.loop
         stats = self._counters.stats(

@@ -102,7 +102,7 @@ async def _status_error(url: str, response: httpx.Response) -> UpstreamError:
     except (ValueError, KeyError, TypeError):
         message = text.strip()[:300] or response.reason_phrase
     status = response.status_code
-    client_status = status if status < 500 or status == 503 else 502
+    client_status = status if 400 <= status < 500 or status == 503 else 502  # 3xx: 502
     return UpstreamError(client_status, f"upstream {url} answered {status}: {message}")
 
 

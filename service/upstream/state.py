@@ -8,6 +8,7 @@ and `used_tokens` are sums over exactly the requests admitted to it and not yet 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,7 +43,8 @@ def parse_load(text: str) -> ReportedLoad:
     samples: dict[str, list[float]] = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            samples.setdefault(sample.name, []).append(float(sample.value))
+            if math.isfinite(sample.value):  # NaN / +-Inf say nothing about the load
+                samples.setdefault(sample.name, []).append(float(sample.value))
 
     def first(names: tuple[str, ...]) -> list[float] | None:
         return next((samples[name] for name in names if samples.get(name)), None)

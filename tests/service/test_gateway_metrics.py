@@ -122,7 +122,7 @@ def test_interval_misses_count_only_known_lengths_outside_the_interval(
     assert value(text, "kvsched:time_to_first_token_seconds_sum") == 1.0
 
 
-async def test_http_responses_are_counted_by_route_and_status_including_middleware_refusals() -> None:
+async def test_http_responses_are_counted_by_route_and_status_middleware_refusals_too() -> None:
     app, _ = make_app(FakeBackend(num_tokens=2), api_keys=["k"], max_body_bytes=1024)
     auth = {"Authorization": "Bearer k"}
     payload = {"model": MODEL, "prompt": "a b", "max_tokens": 2}
