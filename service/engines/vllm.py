@@ -19,7 +19,7 @@ import json
 import math
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
@@ -101,6 +101,7 @@ class VllmBackend:
         self.kwargs = engine_kwargs(settings)
         self._llm: Any = None
         self._active: set[str] = set()
+        self._aborts: set[asyncio.Future[Any]] = set()
         self._idle = asyncio.Event()
         self._accepting = False
 
@@ -134,15 +135,17 @@ class VllmBackend:
             return
         self._active.add(rid)
         self._idle.clear()
+        events = self._events(request)
         try:
-            async for event in self._events(request):
+            async for event in events:
                 yield event
         finally:
+            await events.aclose()  # a client that went away: abort in vLLM now, not at GC
             self._active.discard(rid)
             if not self._active:
                 self._idle.set()
 
-    async def _events(self, request: GenerationRequest) -> AsyncIterator[TokenEvent]:
+    async def _events(self, request: GenerationRequest) -> AsyncGenerator[TokenEvent, None]:
         rid, num_prompt = request.request_id, len(request.prompt_token_ids)
         prompt = {"prompt_token_ids": list(request.prompt_token_ids)}
         stream = self._llm.generate(prompt, self._params(request), rid)
@@ -183,7 +186,8 @@ class VllmBackend:
     def cancel(self, request_id: str) -> None:
         if self._llm is not None and request_id in self._active:
             task = asyncio.ensure_future(self._llm.abort(request_id))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            self._aborts.add(task)  # keep a reference until it ran (asyncio holds weak ones)
+            task.add_done_callback(self._aborts.discard)
 
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {
