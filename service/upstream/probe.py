@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Final
 
@@ -21,6 +22,9 @@ from service.settings import Settings
 from service.upstream.state import ReportedLoad, Upstream, parse_load
 
 PROBE_TIMEOUT_S: Final = 5.0
+
+
+logger = logging.getLogger(__name__)
 
 
 class Prober:
@@ -41,9 +45,13 @@ class Prober:
         self.on_round = on_round
 
     async def run(self) -> None:
+        """Probe every interval until cancelled; a failed round is logged, never fatal."""
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.probe_all()
+            try:
+                await self.probe_all()
+            except Exception:  # an unforeseen reply must not stop the probing for good
+                logger.exception("probing the upstreams failed; retrying next interval")
 
     async def probe_all(self) -> None:
         await asyncio.gather(*(self.probe(u) for u in self.upstreams))
