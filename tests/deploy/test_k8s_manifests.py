@@ -163,11 +163,16 @@ def test_settings_are_valid_for_kvsched(
     """The pod's KVSCHED_* environment (ConfigMap + env + Secret file) is accepted by Settings."""
     objs = rendered(overlay)
     (container,) = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
-    env = dict(one(objs, "ConfigMap")["data"])
+    config_maps = {c["metadata"]["name"].rsplit("-", 1)[0]: c for c in of_kind(objs, "ConfigMap")}
+    env = dict(config_maps["kvsched-settings"]["data"])
     env.update({item["name"]: item["value"] for item in container["env"]})
     keys_file = tmp_path / "api-keys"
     keys_file.write_bytes(base64.b64decode(one(objs, "Secret")["data"]["api-keys"]))
     env["KVSCHED_API_KEYS_FILE"] = str(keys_file)
+    if "KVSCHED_PLAN" in env:  # the plan ConfigMap's file, where the pod mounts it
+        plan = tmp_path / Path(env["KVSCHED_PLAN"]).name
+        plan.write_text(config_maps["kvsched-plan"]["data"][plan.name])
+        env["KVSCHED_PLAN"] = str(plan)
     for name in [name for name in os.environ if name.startswith("KVSCHED_")]:
         monkeypatch.delenv(name)
     for name, value in env.items():
@@ -176,6 +181,22 @@ def test_settings_are_valid_for_kvsched(
     settings = Settings()  # type: ignore[call-arg]
     assert settings.port == 8000 and settings.all_api_keys() == frozenset()
     assert settings.engine == ("hf" if overlay == "gpu" else "sim")
+    if overlay == "cpu-sim-waa":  # the plan's WAA roles reach the server's settings
+        assert settings.plan is not None and settings.workers == 4
+        assert settings.prefill_workers == 3
+
+
+def test_plan_component_mounts_the_plan_where_the_settings_point() -> None:
+    objs = rendered("cpu-sim-waa")
+    spec = one(objs, "Deployment")["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    (mount,) = [m for m in container["volumeMounts"] if m["name"] == "plan"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "plan"]
+    names = {cm["metadata"]["name"] for cm in of_kind(objs, "ConfigMap")}
+    assert volume["configMap"]["name"] in names  # the generated (hashed) name
+    settings_map = [cm for cm in of_kind(objs, "ConfigMap") if "KVSCHED_PLAN" in cm["data"]]
+    (plan_path,) = [cm["data"]["KVSCHED_PLAN"] for cm in settings_map]
+    assert Path(plan_path).parent == Path(mount["mountPath"])
 
 
 def _gpus(overlay: str) -> dict[str, str]:
