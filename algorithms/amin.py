@@ -56,6 +56,9 @@ class AMinBatchFormer:
         evict = tuple(r.id for r in evicted)
         if not len(state.waiting) and not evicted:
             return BatchDecision.empty()
+        full = state.max_batch_size is not None and len(running) >= state.max_batch_size
+        if full and not evicted:  # no room to admit: skip the memory projection
+            return BatchDecision.empty()
         generated = running.generated[keep]
         memory = FutureMemory(
             running.prompt_tokens[keep] + generated + 1,

@@ -5,7 +5,8 @@ for exactly the requests in vLLM's `waiting` queue and `running` list, updated b
 scheduler's hooks (arrival, admission, preemption, finish or abort), so one step costs the
 former's own work plus O(running) to read the tokens generated. No vLLM import. A request
 vLLM preempts keeps its output tokens (recompute preemption), so its view comes back as a new
-prompt of prompt + kept tokens with the interval shifted by them.
+prompt of prompt + kept tokens with the interval shifted by them. Tokens are read at the end of
+a step (`read_progress`), while vLLM's requests are still in cache, and applied at the next.
 """
 
 from __future__ import annotations
@@ -75,6 +76,9 @@ class Mirror:
         self._kept: dict[RequestId, int] = {}  # output tokens already in the view's prompt
         self._rows: list[Any] = []  # vLLM requests aligned with running.ids
         self._row_kept = np.zeros(0, dtype=np.int64)  # their kept tokens, aligned too
+        # output + in-flight tokens of each row at the last read_progress(), aligned too
+        self._row_produced = np.zeros(0, dtype=np.int64)
+        self._progress_read = True  # False while rows admitted since the last read exist
         self._next_id = 0
 
     def __contains__(self, request_id: object) -> bool:
@@ -112,7 +116,7 @@ class Mirror:
         if rid in self.waiting:
             self.waiting.pop(rid)
         elif rid in self.running:
-            self._drop_rows(self.running.ids != rid)
+            self._drop_row(rid)
         del self._requests[rid], self._intervals[rid], self._kept[rid]
 
     def on_preempted(self, request: VllmRequest, kept_tokens: int) -> None:
@@ -120,30 +124,56 @@ class Mirror:
         rid = self._ids.get(request.request_id)
         if rid is None or rid not in self.running:
             return
-        self._drop_rows(self.running.ids != rid)
+        self._drop_row(rid)
         self._kept[rid] = kept_tokens
         self.waiting.add(self._view(rid, request))
 
     def on_admitted(self, requests: list[Any]) -> None:
         """vLLM moved these waiting requests (in this order) into `running`."""
+        if not requests:
+            return
         ids = [self._ids[r.request_id] for r in requests]
         views = [self.waiting.pop(rid) for rid in ids]
         self.running.admit(views, self.step, self.capacity_tokens)
         self._rows.extend(requests)
         kept = np.array([self._kept[rid] for rid in ids], dtype=np.int64)
         self._row_kept = np.concatenate((self._row_kept, kept))
+        self._progress_read = False
+
+    def read_progress(self) -> None:
+        """Read the tokens each running request has produced or has in flight.
+
+        The scheduler calls this at the end of `schedule()`, right after vLLM touched every
+        running request. Between two schedule() calls vLLM's `update_from_output` only turns
+        in-flight tokens into output tokens (the sum stays); finishes, aborts and preemptions
+        drop rows through the hooks, so the next `refresh` sees what a fresh read would.
+        """
+        rows = self._rows
+        self._row_produced = np.fromiter(
+            (r.num_output_tokens + r.num_output_placeholders for r in rows),
+            dtype=np.int64,
+            count=len(rows),
+        )
+        self._progress_read = True
+
+    def unread_progress(self) -> list[str]:
+        """Running requests whose tokens now differ from the last read (a check for tests)."""
+        if not self._progress_read:
+            return [r.request_id for r in self._rows]
+        return [
+            r.request_id
+            for r, produced in zip(self._rows, self._row_produced.tolist(), strict=True)
+            if r.num_output_tokens + r.num_output_placeholders != produced
+        ]
 
     def refresh(self) -> None:
-        """Read the tokens each running request has produced or has in flight."""
+        """Bring the running views up to date with the tokens read by `read_progress`."""
         running = self.running
         if not len(running):
             return
-        produced = np.fromiter(
-            (r.num_output_tokens + r.num_output_placeholders for r in self._rows),
-            dtype=np.int64,
-            count=len(self._rows),
-        )
-        generated = np.maximum(produced - self._row_kept, 0)
+        if not self._progress_read:
+            self.read_progress()
+        generated = np.maximum(self._row_produced - self._row_kept, 0)
         running.kv_tokens += int(generated.sum() - running.generated.sum())
         running.generated = generated
         running.prefill_left = np.where(generated > 0, 0, running.prefill_left)
@@ -160,12 +190,13 @@ class Mirror:
         )
         decision = self.former.form_batch(state)
         self._validate(decision)
-        # a request evicted now comes back next step: vLLM resumes it with its kept tokens,
-        # a larger prompt than the view the former just planned its re-admission with
-        evicted = set(decision.evict)
-        decision = BatchDecision(
-            admit=tuple(i for i in decision.admit if i not in evicted), evict=decision.evict
-        )
+        if decision.evict:
+            # a request evicted now comes back next step: vLLM resumes it with its kept
+            # tokens, a larger prompt than the view the former just planned its re-admission with
+            evicted = set(decision.evict)
+            decision = BatchDecision(
+                admit=tuple(i for i in decision.admit if i not in evicted), evict=decision.evict
+            )
         forced = False
         if self._decision_tokens(decision) > self.capacity_tokens:
             # a non-evicting former whose request outlived its interval (prediction miss), or
@@ -195,12 +226,17 @@ class Mirror:
             max_tokens=max(1, request.max_tokens - kept) + self.lag_steps,
         )
 
-    def _drop_rows(self, keep: np.ndarray) -> None:
+    def _drop_row(self, rid: RequestId) -> None:
+        keep = self.running.ids != rid
         self.running.remove(keep)
-        self._rows = [r for r, k in zip(self._rows, keep, strict=True) if k]
+        del self._rows[int(np.argmin(keep))]  # the first (only) False
         self._row_kept = self._row_kept[keep]
+        if self._progress_read:  # otherwise it is read again before use
+            self._row_produced = self._row_produced[keep]
 
     def _validate(self, decision: BatchDecision) -> None:
+        if not decision.admit and not decision.evict:
+            return
         name = self.former.name
         if decision.evict and not self.former.can_evict:
             raise InvalidDecisionError(f"{name}: evicted {decision.evict} but cannot evict")

@@ -107,6 +107,7 @@ class KvschedScheduler(AsyncScheduler):
             queue.withdraw()
         admitted = [r for r in plan.admit if r.status == RequestStatus.RUNNING]
         mirror.on_admitted(admitted)
+        mirror.read_progress()
         stats = self.kvsched_stats
         stats.num_steps += 1
         stats.num_admitted += len(admitted)

@@ -41,7 +41,9 @@ def run(
             job.request_id, list(job.prompt), job.max_tokens, job.xargs, float(job.arrival_step)
         )
         arrivals.setdefault(job.arrival_step, []).append(request)
-    trace = h.drive(sched, arrivals, pipelined=pipelined, before_step=before_step)
+    progress: dict[str, Any] = {"stale": [], "rows_checked": 0}
+    hook = progress_check(progress, before_step)
+    trace = h.drive(sched, arrivals, pipelined=pipelined, before_step=hook)
     pool = sched.kv_cache_manager.block_pool
     mirror = sched.kvsched
     return {
@@ -52,7 +54,25 @@ def run(
         "num_blocks": pool.num_gpu_blocks,
         "end_mirror": [len(mirror.waiting), len(mirror.running)],
         "end_requests": len(sched.requests),
+        "progress": progress,
     }
+
+
+def progress_check(
+    record: dict[str, Any], then: Callable[[int, Any], None] | None
+) -> Callable[[int, Any], None]:
+    """Before each schedule(): the tokens the mirror read at the end of the last step are
+    still vLLM's (`Mirror.unread_progress` empty), after arrivals, aborts and outputs."""
+
+    def hook(step: int, sched: Any) -> None:
+        if then is not None:
+            then(step, sched)
+        stale = sched.kvsched.unread_progress()
+        if stale:
+            record["stale"].append([step, stale])
+        record["rows_checked"] += len(sched.kvsched.running)
+
+    return hook
 
 
 def abort_hook(record: dict[str, Any]) -> Callable[[int, Any], None]:
