@@ -1,10 +1,9 @@
 """The `hf` engine: a Hugging Face causal LM from a local directory, on CUDA if present, else CPU.
 
-Runs the loop's batches (issue 4): rows with prompt tokens to prefill forward that chunk (the
-whole prompt unless chunked prefill is on), rows that produce forward their last token; each row
-is its own forward pass with its own `DynamicCache` (batching rows is an optimisation not done
-here). Decoding is greedy, so a request evicted and restarted from scratch regenerates exactly
-the tokens it had produced. Never downloads: `local_files_only=True`. Needs the `hf` extra.
+Runs the loop's batches (issue 4): each request has its own `DynamicCache`; per iteration all
+decoding rows run as one padded forward and prefill chunks as padded groups of similar length
+(`_hf_batch`); `batch=False` keeps one forward per row (the reference, same greedy tokens).
+An evicted request restarts from scratch and regenerates its tokens. Never downloads.
 """
 
 from __future__ import annotations
@@ -19,6 +18,7 @@ from numpy.typing import NDArray
 
 from algorithms.loop import StepResult
 from algorithms.state import RunningSet
+from service.engines._hf_batch import Row, forward_rows, group_rows, supports_batching
 from service.protocol import GenerationRequest
 from service.settings import Settings
 
@@ -82,11 +82,14 @@ class HFEngine:
     budget the loop plans with, not measured device memory. `max_model_len` is settings'
     limited by the model's `max_position_embeddings`. `execute` reports measured wall time.
     EOS ends a request unless `ignore_eos`; below `min_tokens` the EOS logits are masked.
+    `batch=False` (or a model with sliding-window/linear cache layers) runs one forward per row.
     """
 
     name: str = "hf"
 
-    def __init__(self, settings: Settings, worker_id: int, *, device: str | None = None) -> None:
+    def __init__(
+        self, settings: Settings, worker_id: int, *, device: str | None = None, batch: bool = True
+    ) -> None:
         import torch
         from transformers import AutoModelForCausalLM
 
@@ -104,6 +107,7 @@ class HFEngine:
         self.kv_capacity_tokens = settings.kv_tokens or DEFAULT_KV_TOKENS
         max_positions = getattr(self.model.config, "max_position_embeddings", None)
         self.max_model_len = min(settings.max_model_len, max_positions or settings.max_model_len)
+        self.batched = batch and supports_batching(self.model.config)
         self._sequences: dict[int, _Sequence] = {}
         self._last: dict[int, int] = {}
 
@@ -116,39 +120,39 @@ class HFEngine:
         import torch
 
         started = time.perf_counter()
-        self._last = {}
-        finished: list[int] = []
+        rows: list[tuple[int, tuple[int, ...]]] = []  # (row j, new tokens) of rows that run
+        for j in range(len(running)):
+            chunk = int(prefill_tokens[j])
+            if chunk == 0 and not produces[j]:
+                continue  # waits for its turn to prefill (chunked prefill)
+            sequence = self._sequences[int(running.ids[j])]
+            rows.append((j, self._inputs(sequence, chunk, int(running.prefill_left[j]))))
         with torch.inference_mode():
-            for j in range(len(running)):
-                loop_id, chunk = int(running.ids[j]), int(prefill_tokens[j])
-                if chunk == 0 and not produces[j]:
-                    continue  # waits for its turn to prefill (chunked prefill)
-                sequence = self._sequences[loop_id]
-                logits = self._forward(sequence, chunk, int(running.prefill_left[j]))
-                if produces[j]:
-                    token, done = self._choose(sequence, logits)
-                    self._last[loop_id] = token
-                    if done:
-                        finished.append(loop_id)
+            forward = self._forward_batched if self.batched else self._forward_each
+            logits = forward(running, rows)
+            chosen = [j for j, _ in rows if produces[j]]
+            finished = self._choose(running, chosen, [logits[j] for j in chosen])
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
-        return StepResult(time.perf_counter() - started, tuple(finished))
+        return StepResult(time.perf_counter() - started, finished)
 
-    def _forward(self, sequence: _Sequence, chunk: int, prefill_left: int) -> Any:
-        """Feed the next prompt chunk (or the last output token); the last position's logits."""
-        import torch
-        from transformers import DynamicCache
-
+    def _inputs(self, sequence: _Sequence, chunk: int, prefill_left: int) -> tuple[int, ...]:
+        """The tokens to feed: the next prompt chunk, or the last output token."""
         prompt = sequence.request.prompt_token_ids
         if chunk > 0:
             offset = len(prompt) - prefill_left
             if offset == 0:  # a (re)start: the loop begins this run from scratch
                 sequence.restart()
-            inputs = list(prompt[offset : offset + chunk])
-        elif sequence.output:
-            inputs = [sequence.output[-1]]
-        else:
+            return tuple(prompt[offset : offset + chunk])
+        if not sequence.output:
             raise RuntimeError(f"request {sequence.request.request_id!r} decodes before prefill")
+        return (sequence.output[-1],)
+
+    def _forward(self, sequence: _Sequence, inputs: tuple[int, ...]) -> Any:
+        """The per-request path: one forward of `inputs`; the last position's logits."""
+        import torch
+        from transformers import DynamicCache
+
         if sequence.cache is None:
             sequence.cache = DynamicCache(config=self.model.config)
         input_ids = torch.tensor([inputs], dtype=torch.long, device=self.device)
@@ -156,18 +160,63 @@ class HFEngine:
         sequence.cache = out.past_key_values
         return out.logits[0, -1]
 
-    def _choose(self, sequence: _Sequence, logits: Any) -> tuple[int, bool]:
-        """Greedy next token, and whether it ends the request (EOS or max_tokens)."""
-        request = sequence.request
-        if len(sequence.output) < request.min_tokens and self.eos_token_ids:
-            logits = logits.clone()
-            logits[list(self.eos_token_ids)] = float("-inf")
-        token = int(logits.argmax())
+    def _forward_each(
+        self, running: RunningSet, rows: list[tuple[int, tuple[int, ...]]]
+    ) -> dict[int, Any]:
+        """The per-request path (the reference): one forward per row; row -> logits."""
+        return {j: self._forward(self._sequences[int(running.ids[j])], x) for j, x in rows}
+
+    def _forward_batched(
+        self, running: RunningSet, rows: list[tuple[int, tuple[int, ...]]]
+    ) -> dict[int, Any]:
+        """One forward for all one-token rows (decodes), one per group of similar-length
+        prefill chunks (`group_rows`); row -> logits."""
+        decode = [i for i, (_, inputs) in enumerate(rows) if len(inputs) == 1]
+        prefill = [i for i, (_, inputs) in enumerate(rows) if len(inputs) > 1]
+        groups = [decode] if decode else []
+        groups += [[prefill[k] for k in g] for g in group_rows([len(rows[i][1]) for i in prefill])]
+        logits: dict[int, Any] = {}
+        for group in groups:
+            sequences = [self._sequences[int(running.ids[rows[i][0]])] for i in group]
+            if len(group) == 1:  # padding buys nothing for one row
+                logits[rows[group[0]][0]] = self._forward(sequences[0], rows[group[0]][1])
+                continue
+            batch = [Row(s.cache, rows[i][1]) for s, i in zip(sequences, group, strict=True)]
+            group_logits, caches = forward_rows(self.model, batch, self.device)
+            for k, (sequence, i) in enumerate(zip(sequences, group, strict=True)):
+                sequence.cache = caches[k]
+                logits[rows[i][0]] = group_logits[k]
+        return logits
+
+    def _choose(self, running: RunningSet, chosen: list[int], logits: list[Any]) -> tuple[int, ...]:
+        """Greedy next tokens of rows `chosen`; records them and returns the finished ids.
+        EOS logits are masked for requests below `min_tokens`."""
+        import torch
+
+        self._last = {}
+        if not chosen:
+            return ()
+        scores = torch.stack(logits)
+        sequences = [self._sequences[int(running.ids[j])] for j in chosen]
+        young = [k for k, s in enumerate(sequences) if len(s.output) < s.request.min_tokens]
+        if young and self.eos_token_ids:
+            eos = torch.tensor(sorted(self.eos_token_ids), device=scores.device)
+            scores[torch.tensor(young, device=scores.device).unsqueeze(1), eos] = float("-inf")
+        finished: list[int] = []
+        for j, sequence, token in zip(chosen, sequences, scores.argmax(-1).tolist(), strict=True):
+            loop_id = int(running.ids[j])
+            self._last[loop_id] = token
+            if self._append(sequence, token):
+                finished.append(loop_id)
+        return tuple(finished)
+
+    def _append(self, sequence: _Sequence, token: int) -> bool:
+        """Record a produced token; whether it ends the request (EOS or max_tokens)."""
         sequence.output.append(token)
-        if token in self.eos_token_ids and not request.ignore_eos:
+        if token in self.eos_token_ids and not sequence.request.ignore_eos:
             sequence.reason = "stop"
-            return token, True
-        return token, len(sequence.output) >= request.max_tokens
+            return True
+        return len(sequence.output) >= sequence.request.max_tokens
 
     def step_tokens(self) -> dict[int, int]:
         return self._last

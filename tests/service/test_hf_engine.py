@@ -12,6 +12,7 @@ transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
 from service._engine_host import build_loop, waiting_request  # noqa: E402
+from service.engines._hf_batch import Row, forward_rows, group_rows  # noqa: E402
 from service.engines.hf import HFEngine, load_tokenizer  # noqa: E402
 from service.protocol import GenerationRequest  # noqa: E402
 from service.settings import Settings  # noqa: E402
@@ -63,10 +64,15 @@ def request(
 
 
 def run(
-    engine: HFEngine, cfg: Settings, requests: list[GenerationRequest]
+    engine: HFEngine,
+    cfg: Settings,
+    requests: list[GenerationRequest],
+    chunk_tokens: int | None = None,
 ) -> tuple[dict[str, list[int]], dict[str, str], int]:
-    """Drive a real SchedulingLoop as the worker does; tokens of each request's final run."""
+    """Drive a real SchedulingLoop as the worker does; tokens of each request's final run.
+    `chunk_tokens` turns on chunked prefill (the loop's max_num_batched_tokens)."""
     loop, _ = build_loop(cfg, engine)
+    loop.max_num_batched_tokens = chunk_tokens
     tokens: dict[int, list[int]] = {i: [] for i in range(len(requests))}
     reasons: dict[int, str] = {}
     num_evicted = 0
@@ -168,3 +174,73 @@ def test_eos_stops_unless_ignored_or_below_min_tokens(model_path: Path) -> None:
 def test_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a local directory"):
         load_tokenizer(settings(tmp_path / "nope"))
+
+
+def test_batched_forwards_match_the_per_request_path_exactly(model_path: Path) -> None:
+    """Mixed batch: prompt lengths 2..11, chunked prefill, evictions, different finishing steps."""
+    cfg = settings(model_path, policy="vllm", kv_tokens=70)
+    prompts = [*PROMPTS, (1, *range(30, 40)), (1, 44, 45)]
+    requests = [request(f"r{i}", p, 9 + 4 * i, ignore_eos=True) for i, p in enumerate(prompts)]
+    batched = HFEngine(cfg, 0, device="cpu")
+    reference = HFEngine(cfg, 0, device="cpu", batch=False)
+    assert batched.batched and not reference.batched
+    sizes: list[int] = []
+    batched.model.register_forward_pre_hook(
+        lambda _m, _a, kw: sizes.append(int(kw["input_ids"].shape[0])), with_kwargs=True
+    )
+    got, got_reasons, got_evicted = run(batched, cfg, requests, chunk_tokens=5)
+    want, want_reasons, want_evicted = run(reference, cfg, requests, chunk_tokens=5)
+    assert got_evicted == want_evicted > 0
+    assert got == want and got_reasons == want_reasons
+    assert [len(got[r.request_id]) for r in requests] == [9 + 4 * i for i in range(len(prompts))]
+    assert max(sizes) >= 3  # rows really ran together
+    assert batched._sequences == {}  # every finished request's KV was dropped
+
+
+def test_batched_caches_hold_only_their_own_tokens(model_path: Path) -> None:
+    cfg = settings(model_path)
+    engine = HFEngine(cfg, 0, device="cpu")
+    loop, _ = build_loop(cfg, engine)
+    for i, prompt in enumerate(PROMPTS):
+        r = request(f"r{i}", prompt, 20, ignore_eos=True)
+        engine.add(i, r)
+        loop.add_request(waiting_request(r, i))
+    for step in range(4):
+        loop.step(time.time())
+        for i, prompt in enumerate(PROMPTS):
+            keys = engine._sequences[i].cache.layers[0].keys
+            assert keys.shape[0] == 1 and keys.shape[2] == len(prompt) + step
+            assert keys.untyped_storage().nbytes() == keys.nbytes  # not a view of the batch
+
+
+def test_group_rows_bounds_padding() -> None:
+    assert group_rows([1, 1, 1]) == [[0, 1, 2]]
+    assert group_rows([10, 2, 9, 8]) == [[0, 2, 3], [1]]
+    assert group_rows([5, 4], max_pad_fraction=0.0) == [[0], [1]]
+    with pytest.raises(ValueError, match="max_pad_fraction"):
+        group_rows([3], max_pad_fraction=1.0)
+
+
+def test_forward_rows_logits_and_caches_match_separate_forwards(model_path: Path) -> None:
+    """Float-level check (argmax on a tiny model could hide wrong positions or masks)."""
+    model = HFEngine(settings(model_path), 0, device="cpu").model
+    pasts = [(1, 5, 9, 13, 17, 21), (), (1, 7), (1, 30, 31)]
+    news = [(4,), (1, 8, 9), (11, 12, 13, 14), (6,)]
+
+    def prefilled(tokens: tuple[int, ...]) -> object:
+        cache = transformers.DynamicCache(config=model.config)
+        if tokens:
+            model(input_ids=torch.tensor([tokens]), past_key_values=cache, use_cache=True)
+        return cache if tokens else None
+
+    with torch.inference_mode():
+        rows = [Row(prefilled(p), n) for p, n in zip(pasts, news, strict=True)]
+        logits, caches = forward_rows(model, rows, "cpu")
+        for i, (p, n) in enumerate(zip(pasts, news, strict=True)):
+            alone = transformers.DynamicCache(config=model.config)
+            out = model(input_ids=torch.tensor([p + n]), past_key_values=alone, use_cache=True)
+            torch.testing.assert_close(logits[i], out.logits[0, -1], rtol=1e-5, atol=1e-5)
+            for mine, ref in zip(caches[i].layers, alone.layers, strict=True):
+                assert mine.keys.shape == ref.keys.shape == (1, 2, len(p + n), 16)
+                torch.testing.assert_close(mine.keys, ref.keys, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(mine.values, ref.values, rtol=1e-5, atol=1e-5)

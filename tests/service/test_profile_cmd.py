@@ -110,9 +110,10 @@ class TestHF:
         assert model.kv_capacity_tokens == 4000 and str(model_path) in model.description
         samples = read_samples(out)
         assert len(samples) == 6 * 3 and all(s.measured_ms > 0 for s in samples)
-        # the hf engine runs one forward pass per row: a wider decode batch must cost more
+        # batched or not, four decoding rows cost more than one: the fit found a per-request or
+        # per-KV-token cost (coefficients are >= 0, so only a zero fit would make them equal)
         wide, narrow = model.iteration_time_s(0, 4, 4 * 50), model.iteration_time_s(0, 1, 50)
-        assert wide > 1.5 * narrow
+        assert wide > narrow
         document = simulate_with(str(out), tmp_path / "sim.json")
         assert document["cost_model"]["name"] == "tiny"  # type: ignore[index]
         assert document["results"]["vllm"]["completed"] == 20  # type: ignore[index]
