@@ -86,21 +86,22 @@ def test_bad_input_is_one_line_exit_2(
     assert not (tmp_path / "p.toml").exists()
 
 
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from tests.service.test_hf_engine import build_model
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    build_model(path)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # OpenMP threads spin against each other on a shared CPU
+    yield path
+    torch.set_num_threads(threads)
+
+
 class TestHF:
     """The hf engine on a tiny random Llama (skipped only where torch is not installed)."""
-
-    @pytest.fixture(scope="class")
-    def model_path(self, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-        torch = pytest.importorskip("torch")
-        pytest.importorskip("transformers")
-        from tests.service.test_hf_engine import build_model
-
-        path = tmp_path_factory.mktemp("tiny-llama")
-        build_model(path)
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)  # OpenMP threads spin against each other on a shared CPU
-        yield path
-        torch.set_num_threads(threads)
 
     def test_profile_then_simulate(self, model_path: Path, tmp_path: Path) -> None:
         out = tmp_path / "tiny.toml"
