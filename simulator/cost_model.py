@@ -65,8 +65,9 @@ class CostModel:
         if not isinstance(self.description, str):
             raise ValueError(f"description must be a string, got {self.description!r}")
 
-    def iteration_time_s(self, prefill_tokens: int, num_decode: int, kv_tokens: int) -> float:
-        """Duration in seconds of one iteration with the given load (1.0 when ``unit``)."""
+    def iteration_time_s(self, prefill_tokens: float, num_decode: float, kv_tokens: float) -> float:
+        """Duration in seconds of one iteration with the given load (1.0 when ``unit``); the
+        planner passes mean (fractional) loads."""
         if prefill_tokens < 0 or num_decode < 0 or kv_tokens < 0:
             raise ValueError(
                 "iteration load must be >= 0, got "

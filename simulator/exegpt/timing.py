@@ -48,15 +48,7 @@ def full_pass_s(
     cost: CostModel, prefill_tokens: float, num_decode: float, kv_tokens: float
 ) -> float:
     """Single-device time of one pass over all layers (fractional loads allowed)."""
-    if cost.unit:
-        return 1.0
-    total_ms = (
-        cost.base_ms
-        + cost.prefill_ms_per_token * prefill_tokens
-        + cost.decode_ms_per_request * num_decode
-        + cost.kv_ms_per_token * kv_tokens
-    )
-    return total_ms / 1000.0
+    return cost.iteration_time_s(prefill_tokens, num_decode, kv_tokens)
 
 
 def allreduce_s(cluster: ClusterSpec, tp_degree: int, tokens: float) -> float:
