@@ -133,7 +133,10 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/metrics")
 async def metrics(request: Request) -> Response:
-    return Response(gateway_of(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    gateway = gateway_of(request)
+    backend = gateway.backend
+    gateway.metrics.observe_readiness(backend.describe(), backend.is_ready())
+    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/scheduler")

@@ -8,7 +8,7 @@ token and eviction counters, batch-formation time). Workers never touch Promethe
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Any, Final
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
@@ -122,6 +122,9 @@ class Metrics:
         self.request_success = self._counter(
             "request_success", "Finished requests by finish reason", "finished_reason"
         )
+        self.workers_ready = self._gauge(
+            "workers_ready", "Workers (or upstreams) ready to serve, read at each scrape"
+        ).labels(name)
         self.http_requests = self._counter(
             "http_requests", "HTTP responses by route and status code", "handler", "status"
         )
@@ -161,6 +164,13 @@ class Metrics:
         formation = self.batch_formation_seconds.labels(name, worker)
         for elapsed_s in stats.batch_formation_s:
             formation.observe(elapsed_s)
+
+    def observe_readiness(self, described: dict[str, Any], backend_ready: bool) -> None:
+        """Set `workers_ready` from a backend's `describe()`: its workers that say they are
+        ready, or 1/0 from `backend_ready` when its workers carry no such flag."""
+        workers = [w for w in described.get("workers", []) if "ready" in w]
+        ready = sum(1 for w in workers if w["ready"]) if workers else int(backend_ready)
+        self.workers_ready.set(ready)
 
     def observe_response(self, path: str, status: int) -> None:
         """Count one HTTP response; paths outside the API are counted as "other"."""

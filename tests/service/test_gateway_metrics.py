@@ -139,3 +139,14 @@ async def test_http_responses_are_counted_by_route_and_status_middleware_refusal
     for status in ("200", "401", "400", "413"):
         assert value(text, name, handler="/v1/completions", status=status) == 1, status
     assert value(text, name, handler="other", status="404") == 1
+
+
+def test_workers_ready_counts_ready_workers_or_falls_back_to_the_backend() -> None:
+    metrics = Metrics(MODEL)
+    workers = [{"worker_id": i, "ready": i != 1} for i in range(3)]
+    metrics.observe_readiness({"workers": workers}, backend_ready=False)
+    assert value(metrics.render().decode(), "kvsched:workers_ready") == 2
+    metrics.observe_readiness({"workers": [{"worker_id": 0}]}, backend_ready=True)
+    assert value(metrics.render().decode(), "kvsched:workers_ready") == 1
+    metrics.observe_readiness({"workers": []}, backend_ready=False)
+    assert value(metrics.render().decode(), "kvsched:workers_ready") == 0
