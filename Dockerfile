@@ -29,8 +29,8 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
     && python deploy/docker/requirements.py pyproject.toml --extra hf > requirements-hf.txt \
     && pip install -r requirements-hf.txt
-# vLLM slot (issue 7): the vLLM engine's pinned install goes here, e.g.
-#   RUN pip install "vllm==<pinned>"  (its torch must match TORCH_VERSION above)
+# vLLM slot (issue 7, `--engine vllm`): the package pins vllm==0.33.0 in its `vllm` extra; add
+#   RUN pip install "vllm==0.33.0"  here (its torch pin must match TORCH_VERSION above)
 
 # ---- build / build-gpu: the package itself, without touching the dependency layer ----
 FROM deps AS build
