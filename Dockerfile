@@ -29,7 +29,7 @@ ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX_URL}" \
     && python deploy/docker/requirements.py pyproject.toml --extra hf > requirements-hf.txt \
     && pip install -r requirements-hf.txt
-# vLLM slot (issue 7, `--engine vllm`): the package pins vllm==0.33.0 in its `vllm` extra; add
+# vLLM slot (issue 7): `--engine vllm` needs vllm==0.33.0 (the package's `vllm` extra); add
 #   RUN pip install "vllm==0.33.0"  here (its torch pin must match TORCH_VERSION above)
 
 # ---- build / build-gpu: the package itself, without touching the dependency layer ----
