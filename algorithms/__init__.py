@@ -13,7 +13,7 @@ from algorithms.amin import AMinBatchFormer
 from algorithms.errors import CapacityExceededError, InvalidDecisionError, RequestRejectedError
 from algorithms.fcfs import FCFSBatchFormer
 from algorithms.hsf import HSFBatchFormer
-from algorithms.loop import Executor, SchedulingLoop, StepOutcome, StepResult
+from algorithms.loop import PREEMPTION_MODES, Executor, SchedulingLoop, StepOutcome, StepResult
 from algorithms.mcsf import MCSFBatchFormer
 from algorithms.protocols import BatchFormer
 from algorithms.sf import SFBatchFormer

@@ -73,6 +73,7 @@ _FIELDS = (
     "prefill_left",
     "max_tokens",
     "admitted_hi",
+    "resumed",
 )
 
 
@@ -86,9 +87,14 @@ class RunningSet:
     KV accounting reserves the whole prompt from admission either way.
     `lo`/`hi` are the current interval (a refiner may move them while the request runs);
     `admitted_hi` is the upper bound it was admitted with, `max_tokens` its output cap.
+    `resumed[j]` counts output tokens an earlier run produced that `prompt_tokens[j]` includes
+    (`WaitingRequest.resumed`): request j's output so far is `resumed[j] + generated[j]`.
+    `resume` says what an evicted row keeps: its tokens (True, vLLM's recompute preemption) or
+    nothing (False, the papers' restart).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, resume: bool = True) -> None:
+        self.resume = resume
         empty = np.zeros(0, dtype=np.int64)
         self.ids: IntArray = empty
         self.prompt_tokens: IntArray = empty
@@ -100,6 +106,7 @@ class RunningSet:
         self.prefill_left: IntArray = empty
         self.max_tokens: IntArray = empty
         self.admitted_hi: IntArray = empty
+        self.resumed: IntArray = empty
         self._requests: dict[RequestId, WaitingRequest] = {}
         self.kv_tokens = 0  # sum of prompt + generated over running requests
 
@@ -148,6 +155,7 @@ class RunningSet:
             "prefill_left": [r.prompt_tokens for r in requests],
             "max_tokens": [_output_cap(r, kv_capacity_tokens) for r in requests],
             "admitted_hi": [r.interval.hi for r in requests],
+            "resumed": [r.resumed for r in requests],
         }
         for name in _FIELDS:
             added = np.asarray(new[name], dtype=np.int64)
@@ -173,10 +181,11 @@ class RunningSet:
         return out
 
     def evicted_record(self, row: int) -> WaitingRequest:
-        """Row `row` as a waiting request after eviction (progress lost, knowledge kept)."""
+        """Row `row` as a waiting request after eviction: its tokens kept (resume) or lost
+        (restart), what was learned of its length kept either way."""
         request = self._requests[int(self.ids[row])]
         interval = LengthInterval(int(self.lo[row]), int(self.hi[row]))
-        return request.after_eviction(int(self.generated[row]), interval)
+        return request.after_eviction(int(self.generated[row]), interval, resume=self.resume)
 
     def advance(self, prefilled: IntArray, produced: NDArray[np.bool_]) -> None:
         """Record an iteration: `prefilled` prompt tokens per row, `produced` one token each."""

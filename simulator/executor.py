@@ -2,7 +2,8 @@
 
 It is the only place in the simulator that reads true output lengths (besides the hindsight
 benchmark H-SF, which is handed them explicitly). An iteration prefills what the loop assigns
-(whole prompts of admitted requests, or chunks), decodes one token for every running request
+(whole prompts of admitted requests, or chunks; a resumed request's prompt includes the
+tokens it kept, so the cost model charges their recomputation), decodes one token for every running request
 past its prefill, and lasts what the cost model says.
 """
 
@@ -30,6 +31,7 @@ class SimulatedExecutor:
         elapsed_s = self.cost_model.iteration_time_s(
             int(prefill_tokens.sum()), num_decode, running.next_step_tokens()
         )
-        done = produces & (running.generated + 1 >= self.true_lengths[running.ids])
+        produced = running.resumed + running.generated + 1  # earlier runs' kept tokens count
+        done = produces & (produced >= self.true_lengths[running.ids])
         finished = tuple(int(i) for i in running.ids[done]) if done.any() else ()
         return StepResult(elapsed_s, finished)

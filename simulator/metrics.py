@@ -33,6 +33,7 @@ class RequestLog:
     peak_kv_tokens: int = 0
     kv_token_seconds: float = 0.0
     num_iterations: int = 0
+    recomputed_tokens: int = 0
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -59,6 +60,7 @@ class RequestLog:
         self.peak_kv_tokens = max(self.peak_kv_tokens, outcome.kv_tokens)
         self.kv_token_seconds += outcome.kv_tokens * outcome.elapsed_s
         self.num_iterations += 1
+        self.recomputed_tokens += outcome.recomputed_tokens
 
     def per_request(self) -> dict[str, NDArray[Any]]:
         """Columns for a per-request table: e2e, TTFT, TPOT, queueing delay, evictions."""
@@ -112,6 +114,7 @@ def summarize(log: RequestLog, kv_capacity_tokens: int, sim_wall_s: float) -> di
         "throughput_rps": float(done.sum() / makespan) if makespan > 0 else None,
         "throughput_tok_s": float(tokens / makespan) if makespan > 0 else None,
         "evictions": int(log.evictions.sum()),
+        "recomputed_tokens": log.recomputed_tokens,
         "peak_kv_tokens": log.peak_kv_tokens,
         "mean_kv_utilization": (
             log.kv_token_seconds / (makespan * kv_capacity_tokens) if makespan > 0 else None

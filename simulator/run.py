@@ -78,12 +78,14 @@ def simulate(
     max_batch_size: int | None = None,
     max_num_batched_tokens: int | None = None,
     refiner: IntervalRefiner | None = None,
+    preemption: str = "resume",
     progress: Progress | None = None,
 ) -> SimResult:
     """Replay `workload` through the batch former `policy`; deterministic for given inputs.
 
     `max_batch_size` caps running requests; `max_num_batched_tokens` turns on chunked prefill
-    with that token budget per iteration; `refiner` tightens running requests' intervals
+    with that token budget per iteration; `refiner` tightens running requests' intervals;
+    `preemption` is what an evicted request keeps, "resume" (vLLM) or "restart" (the papers)
     (see `SchedulingLoop`).
     """
     params = dict(params or {})
@@ -99,6 +101,7 @@ def simulate(
         max_batch_size=max_batch_size,
         max_num_batched_tokens=max_num_batched_tokens,
         refiner=refiner,
+        preemption=preemption,
     )
     log = RequestLog(workload.arrival_s.astype(np.float64), workload.output_tokens)
     started = time.perf_counter()
