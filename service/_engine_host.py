@@ -77,6 +77,7 @@ def build_loop(
         max_batch_size=settings.max_batch_size,
         max_num_batched_tokens=settings.max_num_batched_tokens,
         refiner=refiner,
+        preemption=settings.preemption,
     )
     return loop, executor
 
@@ -111,8 +112,10 @@ def waiting_request(
 ) -> WaitingRequest:
     """The loop's record of `request` (arrival: the gateway's clock, else now).
 
-    On a prefill worker it needs one output token. A handed-over request (output_offset k)
-    holds prompt + k KV tokens to start with and needs k fewer output tokens.
+    On a prefill worker it needs one output token. A request that comes with k output tokens
+    (output_offset k: handed over with its KV, or resubmitted after a failover to be prefilled
+    again) is resumed at output position k: prompt + k tokens to start with (`resumed` k) and
+    k fewer output tokens to come.
     """
     arrival_s = request.arrival_s or time.time()
     if prefill_only:
@@ -127,4 +130,5 @@ def waiting_request(
         len(request.prompt_token_ids) + k,
         interval,
         max_tokens=request.max_tokens - k,
+        resumed=k,
     )

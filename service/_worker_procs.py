@@ -198,15 +198,24 @@ async def kill_stalled_workers(slots: Sequence[WorkerSlot], timeout_s: float) ->
 
 @dataclass(eq=False, slots=True)
 class PendingRequest:
-    """An accepted request the pool tracks until its final event."""
+    """An accepted request the pool tracks until its final event.
+
+    `tokens` holds every token streamed to the client so far: after a worker death the request
+    resumes from them elsewhere (`resume`), so the client's stream goes on where it stopped.
+    """
 
     request: GenerationRequest
     stage: Role = "mixed"  # the role of worker it needs now
     slot: WorkerSlot | None = None  # the worker it was sent to
     events: asyncio.Queue[TokenEvent] = field(default_factory=asyncio.Queue)
-    num_tokens: int = 0  # streamed to the client
+    tokens: list[int] = field(default_factory=list)  # streamed to the client
     num_resubmits: int = 0
     handed_tokens: tuple[int, ...] = ()  # output of its prefill worker (stage "decode")
+    resumed_tokens: tuple[int, ...] = ()  # output it resumes from without KV (failover)
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.tokens)
 
     @property
     def weight(self) -> int:
@@ -214,11 +223,22 @@ class PendingRequest:
         output = 1 if self.stage == "prefill" else self.request.hi
         return len(self.request.prompt_token_ids) + output
 
+    def resume(self, stage: Role) -> None:
+        """Its worker died: go on from the tokens streamed so far, on a worker of `stage` (a
+        hand-over's KV is gone with it, so those tokens are prefilled again too)."""
+        if len(self.tokens) > len(self.handed_tokens):
+            self.resumed_tokens, self.handed_tokens = tuple(self.tokens), ()
+            self.stage = stage
+
     def stage_request(self) -> GenerationRequest:
-        """What its worker is sent: the request, with the handed-over output if any."""
-        if not self.handed_tokens:
-            return self.request
-        return dataclasses.replace(self.request, output_token_ids=self.handed_tokens)
+        """What its worker is sent: the request, with the output it continues from if any."""
+        if self.resumed_tokens:
+            return dataclasses.replace(
+                self.request, output_token_ids=self.resumed_tokens, recompute=True
+            )
+        if self.handed_tokens:
+            return dataclasses.replace(self.request, output_token_ids=self.handed_tokens)
+        return self.request
 
 
 def join_all(procs: Sequence[WorkerProcess], timeout_s: float = JOIN_TIMEOUT_S) -> None:

@@ -1,9 +1,12 @@
 """A worker's bookkeeping records: per-request streaming state and per-report counters.
 
-`TrackedRequest.num_sent` only grows, so a token is streamed at most once even when an evicted
-request regenerates its output from scratch. A request handed over from a prefill worker counts
-the tokens streamed there (`output_offset`) in its events' `num_output_tokens`; its KV is in
-`Transit` (one transfer at a time on the worker's link) before the loop may admit it.
+`TrackedRequest.num_sent` only grows, so a token is streamed at most once: under resume
+preemption an evicted request keeps its tokens and continues after them (`run_tokens` stays),
+under restart preemption it regenerates its output from scratch (`run_tokens` back to 0) and the
+tokens already sent are skipped. A request that came with output tokens (`output_offset`: a
+prefill worker's hand-over, or a failover resubmission) counts them in its events'
+`num_output_tokens`; a hand-over's KV is in `Transit` (one transfer at a time on the worker's
+link) before the loop may admit it, a resubmission's is prefilled again here.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class TrackedRequest:
     loop_id: int
     detok: IncrementalDetokenizer
     num_sent: int = 0  # tokens streamed so far; never streamed again
-    run_tokens: int = 0  # tokens produced by the current run (0 again after an eviction)
+    run_tokens: int = 0  # output position reached here (0 again after a restart preemption)
     num_evictions: int = 0
     first_scheduled_s: float | None = None
     in_engine: bool = False  # engine.add was called (release is owed)
@@ -61,6 +64,7 @@ class WorkerCounters:
     batch_formation_s: list[float] = field(default_factory=list)
     host_overhead_s: float = 0.0
     handover_tokens: int = 0
+    recomputed_tokens: int = 0
 
     def stats(
         self,
@@ -84,6 +88,7 @@ class WorkerCounters:
             self.generation_tokens,
             self.host_overhead_s,
             self.handover_tokens,
+            self.recomputed_tokens,
         )
 
 

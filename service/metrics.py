@@ -84,6 +84,12 @@ class Metrics:
         self.generation_tokens = self._counter(
             "generation_tokens", "Generation tokens processed", "worker"
         )
+        self.recomputed_prompt_tokens = self._counter(
+            "recomputed_prompt_tokens",
+            "Prompt (+ kept output) tokens prefilled again: evicted requests re-admitted, and"
+            " requests resumed on this worker after another one died",
+            "worker",
+        )
         self.host_overhead = self._counter(
             "host_overhead_seconds",
             "Time back-to-back iterations took beyond the engine's own time (device waits on host)",
@@ -147,8 +153,8 @@ class Metrics:
     def observe_worker(self, stats: WorkerStats, policy: str) -> None:
         """Apply one worker report: set its gauges, add its counters since the last report.
 
-        `stats.evictions`, `prompt_tokens`, `generation_tokens` are deltas since the previous
-        report (they are added); `batch_formation_s` holds one duration per formed batch.
+        `stats.evictions`, `prompt_tokens`, `generation_tokens`, `recomputed_tokens` are deltas
+        since the previous report (they are added); `batch_formation_s` holds one duration per formed batch.
         """
         name, worker = self.model_name, str(stats.worker_id)
         self.num_requests_running.labels(name, worker).set(stats.num_running)
@@ -160,6 +166,7 @@ class Metrics:
         self.evictions.labels(name, worker, policy).inc(stats.evictions)
         self.prompt_tokens.labels(name, worker).inc(stats.prompt_tokens)
         self.generation_tokens.labels(name, worker).inc(stats.generation_tokens)
+        self.recomputed_prompt_tokens.labels(name, worker).inc(stats.recomputed_tokens)
         self.host_overhead.labels(name, worker).inc(stats.host_overhead_s)
         formation = self.batch_formation_seconds.labels(name, worker)
         for elapsed_s in stats.batch_formation_s:

@@ -2,10 +2,15 @@
 
 Each request goes to the live worker with the least projected KV load (sum of prompt + hi over
 its unfinished requests) and its events come back on a per-request asyncio queue. A worker that
-dies is restarted; its requests that streamed no token from it yet are re-submitted (tokens are
-deterministic, so nothing is lost), the others end with an "error" event. With worker roles
+dies (or hangs and is killed) is restarted, and each request it held moves on to a live worker
+(lossless failover): one that streamed nothing is re-submitted as it was; one that streamed k
+tokens is re-submitted with them (`output_token_ids`, `recompute`), so the new worker prefills
+prompt + k tokens itself and continues with token k + 1: the client's stream goes on with no
+error, no token twice and none missing (decoding is deterministic). A request fails only once
+it was on more than `settings.max_resubmits` dying workers, saying so. With worker roles
 (service.roles) a request goes to a prefill worker first, then with its first token to a decode
-worker. Invariant: every accepted request gets exactly one final event; none hangs or vanishes.
+worker; a failover of a request that streamed beyond that token goes to a decode worker.
+Invariant: every accepted request gets exactly one final event; none hangs or vanishes.
 """
 
 from __future__ import annotations
@@ -35,7 +40,6 @@ from service.protocol import GenerationRequest, TokenEvent
 from service.roles import RoleMetrics, first_role, pick_slot, worker_role
 from service.settings import Settings
 
-MAX_RESUBMITS: Final = 2  # a request that was on this many dying workers fails instead
 MAX_START_FAILURES: Final = 5  # a slot whose worker dies this often before ready is given up
 
 logger = logging.getLogger(__name__)
@@ -214,7 +218,7 @@ class WorkerPool:
             pending = self._pending.get(event.request_id)
             if pending is None or pending.slot is not slot:
                 continue  # cancelled or failed here already
-            pending.num_tokens += len(event.token_ids)
+            pending.tokens.extend(event.token_ids)
             if event.finish_reason is not None:
                 self._end(pending, event)
             else:
@@ -272,17 +276,27 @@ class WorkerPool:
             logger.error("cannot restart worker %d: %s", slot.worker_id, exc)
 
     def _reroute(self, pending: PendingRequest, why: str) -> None:
-        """A worker died holding `pending`: re-submit it if it streamed nothing, else fail it."""
-        if pending.num_tokens > len(pending.handed_tokens):
-            streamed = f"{pending.num_tokens} tokens were streamed and it cannot be resumed"
-            self._fail(pending, f"{why}; {streamed}")
-        elif pending.num_resubmits >= MAX_RESUBMITS or self._closing:
+        """A worker died holding `pending`: re-submit it, to go on from the tokens it streamed
+        (if any), unless it used up its resubmissions or the pool is shutting down."""
+        budget = self.settings.max_resubmits
+        if self._closing:
+            self._fail(pending, f"{why}; the server is shutting down")
+        elif pending.num_resubmits >= budget:
             self._fail(
-                pending, f"{why}; the request was on {pending.num_resubmits + 1} failed workers"
+                pending,
+                f"{why}; the request was on {pending.num_resubmits + 1} failed workers, and"
+                f" {budget} resubmissions are allowed (--max-resubmits)",
             )
         else:
             self._unassign(pending)
             pending.num_resubmits += 1
+            pending.resume("decode" if self.settings.prefill_workers else "mixed")
+            logger.debug(
+                "request %s: resubmitted after %d streamed tokens (%s)",
+                pending.request.request_id,
+                pending.num_tokens,
+                why,
+            )
             self._assign(pending)
 
     async def _shutdown_workers(self) -> None:

@@ -22,8 +22,11 @@ class GenerationRequest:
 
     `lo`/`hi`: the predicted output-length interval (1 <= lo <= hi <= max_tokens).
     `arrival_s`: time.time() at the gateway, for latency metrics.
-    `output_token_ids`: output already produced elsewhere (a prefill worker's first token,
-    handed over with its KV): the worker continues at output position len(output_token_ids).
+    `output_token_ids`: output already produced elsewhere: the worker continues at output
+    position len(output_token_ids). By default they come with their KV (a prefill worker's
+    first token, handed over to a decode worker); `recompute` says they come without it (a
+    failover resubmission: the tokens a dead worker streamed), so the worker prefills prompt +
+    them itself before it continues.
     """
 
     request_id: str
@@ -36,6 +39,7 @@ class GenerationRequest:
     priority: int = 0
     arrival_s: float = 0.0
     output_token_ids: tuple[int, ...] = ()
+    recompute: bool = False
 
     @property
     def output_offset(self) -> int:
@@ -82,6 +86,7 @@ class WorkerStats:
     generation_tokens: int = 0
     host_overhead_s: float = 0.0  # iteration periods beyond the engine's own time (see worker)
     handover_tokens: int = 0  # KV tokens received from prefill workers instead of prefilled
+    recomputed_tokens: int = 0  # prompt (+ resumed output) tokens prefilled again (see worker)
 
 
 class Backend(Protocol):

@@ -113,6 +113,18 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
         type=int,
         help="chunked prefill: tokens per iteration, prompt chunks included (default: off)",
     )
+    p.add_argument(
+        "--preemption",
+        choices=("resume", "restart"),
+        help="an evicted request keeps its output and resumes from prompt + output (default,"
+        " vLLM's recompute preemption), or restarts from scratch",
+    )
+    p.add_argument(
+        "--max-resubmits",
+        type=int,
+        help="failover: times a request resumes on another worker after its worker died"
+        " (default 3; then it fails)",
+    )
     p.add_argument("--speedup", type=float, help="sim engine: run this many times faster")
     p.add_argument("--sim-output-lengths", type=Path, help="sim engine: trace to draw lengths from")
     p.add_argument("--predictor", help="length predictor: default, a .kvp file, or none")

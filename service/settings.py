@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     api_keys_file: Path | None = None
     open_paths: tuple[str, ...] = ("/health", "/ready", "/metrics")
     shutdown_grace_s: float = Field(30.0, ge=0)
+    preemption: Literal["resume", "restart"] = Field(
+        "resume",
+        description="an evicted request keeps its output and resumes (vLLM), or restarts",
+    )
+    max_resubmits: int = Field(
+        3, ge=0, description="failover: times a request moves on from a dead worker, max"
+    )
     worker_stall_timeout_s: float = Field(
         120.0, gt=0, description="kill and restart a worker silent this long while it has work"
     )

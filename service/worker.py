@@ -2,11 +2,16 @@
 
 `worker_main` is the spawn target. The worker reads `Submit`/`Cancel`/`Shutdown` without
 blocking while it has work, runs one loop iteration at a time and sends the iteration's
-`TokenEvent`s, plus `WorkerStats` every STATS_INTERVAL_S. Invariants: a token is streamed at most
-once (an evicted request regenerates its tokens deterministically and the ones already sent
-are skipped); every submitted request gets exactly one final event, or (on a prefill worker,
-service.roles) its first token and a `Prefilled` hand-over; an exception is reported as
+`TokenEvent`s, plus `WorkerStats` every STATS_INTERVAL_S. Invariants: every output token is
+streamed exactly once (under resume preemption an evicted request keeps its tokens and goes on
+after them; under restart preemption it regenerates them deterministically and the ones already
+sent are skipped); every submitted request gets exactly one final event, or (on a prefill
+worker, service.roles) its first token and a `Prefilled` hand-over; an exception is reported as
 `WorkerFailed` and re-raised, so the process exits non-zero.
+
+Recomputed tokens (`WorkerStats.recomputed_tokens`): the prompt (+ kept output) tokens the loop
+prefilled again for re-admitted evicted requests, plus prompt + output of a failover
+resubmission (its first prefill here repeats the dead worker's work).
 """
 
 from __future__ import annotations
@@ -57,6 +62,7 @@ class Worker:
         self.worker_id = worker_id
         self.role = worker_role(settings, worker_id)
         self._prefill_only = self.role == "prefill"
+        self._restart_on_eviction = settings.preemption == "restart"
         settings = role_settings(settings, self.role)
         self.engine, self.tokenizer = engine or load_engine(settings, worker_id)
         self.loop, self._executor = build_loop(
@@ -137,21 +143,26 @@ class Worker:
         return outcome
 
     def _apply(self, outcome: StepOutcome, now_s: float) -> None:
+        counters = self._counters
+        counters.recomputed_tokens += outcome.recomputed_tokens
         for loop_id in outcome.admitted:
             tracked = self._by_loop[loop_id]
             if tracked.first_scheduled_s is None:
                 tracked.first_scheduled_s = now_s
                 request = tracked.request
-                if request.output_offset:  # its KV arrives from a prefill worker
-                    num_kv = len(request.prompt_token_ids) + request.output_offset
-                    self._counters.handover_tokens += num_kv
+                num_context = len(request.prompt_token_ids) + request.output_offset
+                if request.recompute:  # a failover resubmission: prefilled again here
+                    counters.recomputed_tokens += num_context
+                elif request.output_offset:  # its KV arrives from a prefill worker
+                    counters.handover_tokens += num_context
                 else:
-                    self._counters.prompt_tokens += len(request.prompt_token_ids)
+                    counters.prompt_tokens += len(request.prompt_token_ids)
         for loop_id in outcome.evicted:
             tracked = self._by_loop[loop_id]
             tracked.num_evictions += 1
-            tracked.run_tokens = 0
-            self._counters.evictions += 1
+            if self._restart_on_eviction:  # its output is regenerated from scratch
+                tracked.run_tokens = 0
+            counters.evictions += 1
             if loop_id not in self.loop.running:  # re-admitted in the same step: it runs again
                 self.engine.release(loop_id, forget=False)
         finished = set(outcome.finished)
@@ -233,7 +244,8 @@ class Worker:
             return
         self.engine.add(loop_id, request)
         tracked.in_engine = True
-        if request.output_offset and self._handover_delay_s is not None:  # KV on its way here
+        handover = request.output_offset and not request.recompute
+        if handover and self._handover_delay_s is not None:  # KV on its way here
             num_kv = len(request.prompt_token_ids) + request.output_offset
             self._transit.send(tracked, self._handover_delay_s(num_kv), time.monotonic())
             return

@@ -3,7 +3,11 @@
 Runs the loop's batches (issue 4): each request has its own `DynamicCache`; per iteration all
 decoding rows run as one padded forward and prefill chunks as padded groups of similar length
 (`_hf_batch`); `batch=False` keeps one forward per row (the reference, same greedy tokens).
-An evicted request restarts from scratch and regenerates its tokens. Never downloads.
+When a request is (re)admitted, its row's `resumed` k says how many of its output tokens to
+keep: the engine drops the rest and its cache, prefills prompt + those k tokens and continues
+with token k + 1 (resume preemption, a failover resubmission that came with k tokens); k = 0
+restarts from scratch (restart preemption) and regenerates the same greedy tokens. Never
+downloads.
 """
 
 from __future__ import annotations
@@ -64,15 +68,25 @@ def load_tokenizer(settings: Settings) -> HFTokenizer:
 
 @dataclass(slots=True)
 class _Sequence:
-    """One request's state in the engine: its KV cache and the tokens of its current run."""
+    """One request's state in the engine: its KV cache, its output so far (the tokens it came
+    with included) and, while prefilling, the context it prefills (prompt + kept output)."""
 
     request: GenerationRequest
     cache: Any = None
     output: list[int] = field(default_factory=list)
     reason: str = "length"
+    context: tuple[int, ...] = ()
 
-    def restart(self) -> None:
-        self.cache, self.output, self.reason = None, [], "length"
+    def admit(self, resumed: int) -> None:
+        """A (re)admission: keep the first `resumed` output tokens, drop the rest and the KV."""
+        if resumed > len(self.output):
+            raise RuntimeError(
+                f"request {self.request.request_id!r} resumes after {resumed} output tokens,"
+                f" it has {len(self.output)}"
+            )
+        del self.output[resumed:]
+        self.cache, self.reason = None, "length"
+        self.context = self.request.prompt_token_ids + tuple(self.output)
 
 
 class HFEngine:
@@ -112,7 +126,7 @@ class HFEngine:
         self._last: dict[int, int] = {}
 
     def add(self, loop_id: int, request: GenerationRequest) -> None:
-        self._sequences[loop_id] = _Sequence(request)
+        self._sequences[loop_id] = _Sequence(request, output=list(request.output_token_ids))
 
     def execute(
         self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
@@ -126,6 +140,8 @@ class HFEngine:
             if chunk == 0 and not produces[j]:
                 continue  # waits for its turn to prefill (chunked prefill)
             sequence = self._sequences[int(running.ids[j])]
+            if chunk and running.prefill_left[j] == running.prompt_tokens[j]:
+                sequence.admit(int(running.resumed[j]))  # its first prefill chunk
             rows.append((j, self._inputs(sequence, chunk, int(running.prefill_left[j]))))
         with torch.inference_mode():
             forward = self._forward_batched if self.batched else self._forward_each
@@ -137,13 +153,18 @@ class HFEngine:
         return StepResult(time.perf_counter() - started, finished)
 
     def _inputs(self, sequence: _Sequence, chunk: int, prefill_left: int) -> tuple[int, ...]:
-        """The tokens to feed: the next prompt chunk, or the last output token."""
-        prompt = sequence.request.prompt_token_ids
+        """The tokens to feed: the next chunk of prompt + kept output, or the last output token."""
         if chunk > 0:
-            offset = len(prompt) - prefill_left
-            if offset == 0:  # a (re)start: the loop begins this run from scratch
-                sequence.restart()
-            return tuple(prompt[offset : offset + chunk])
+            offset = len(sequence.context) - prefill_left
+            if offset < 0:
+                raise RuntimeError(
+                    f"request {sequence.request.request_id!r}: {prefill_left} tokens left to"
+                    f" prefill of a context of {len(sequence.context)}"
+                )
+            inputs = sequence.context[offset : offset + chunk]
+            if offset + chunk == len(sequence.context):
+                sequence.context = ()  # prefilled: decoding feeds output tokens from here on
+            return inputs
         if not sequence.output:
             raise RuntimeError(f"request {sequence.request.request_id!r} decodes before prefill")
         return (sequence.output[-1],)
@@ -225,11 +246,12 @@ class HFEngine:
         return self._sequences[loop_id].reason
 
     def release(self, loop_id: int, *, forget: bool) -> None:
-        """Drop the KV cache; `forget=False` keeps the request for its re-prefill."""
+        """Drop the KV cache; `forget=False` keeps the request (and its output, which its next
+        admission's `resumed` trims) for its re-prefill."""
         if forget:
             self._sequences.pop(loop_id, None)
         elif loop_id in self._sequences:
-            self._sequences[loop_id].restart()
+            self._sequences[loop_id].cache = None
 
 
 def _eos_ids(model: Any) -> frozenset[int]:

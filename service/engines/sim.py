@@ -1,14 +1,18 @@
 """The `sim` engine: a simulated GPU that runs the loop's batches in real time (issue 4).
 
 Each iteration lasts the simulator's cost-model time divided by `settings.speedup`, and every
-running request emits a deterministic placeholder token. A request's output length is fixed
-when it is added, from a generator seeded by (settings.seed, request id): `max_tokens` under
-`ignore_eos`, else a draw from a trace's lengths or a log-normal, clipped to
-[max(min_tokens, 1), max_tokens]. Invariant: a request evicted and restarted (or re-submitted
-to another worker) regenerates exactly the same tokens; a request handed over from a prefill
-worker (`output_offset` k) continues at output position k; its KV arrives by transfer
-(`handover_delay_s`: prompt + k tokens x kv_transfer_ms_per_token, the worker waits for it off
-the iteration clock) and its admission costs a decode step here, no prefill compute.
+running request emits a deterministic placeholder token. A request's output length is a
+function of the request alone (`output_length`: settings.seed, its id, max_tokens, min_tokens,
+ignore_eos), never of the worker: `max_tokens` under `ignore_eos`, else a draw from a trace's
+lengths or a log-normal, clipped to [max(min_tokens, 1), max_tokens]. The token at output
+position p is a function of (seed, request id, p). Invariant: a request that is resumed (a row
+with `resumed` k: after a resume preemption, a failover resubmission elsewhere, or a hand-over)
+continues at output position k + generated and stops at the same total; one restarted
+regenerates exactly the same tokens. A request handed over from a prefill worker with its KV
+(`output_offset` k, not `recompute`) gets its KV by transfer (`handover_delay_s`: prompt + k
+tokens x kv_transfer_ms_per_token, the worker waits for it off the iteration clock) and its
+admission costs a decode step here, no prefill compute; a resubmitted one (`recompute`) is
+prefilled here like any other.
 """
 
 from __future__ import annotations
@@ -138,7 +142,6 @@ class SimEngine:
         self._targets: dict[int, int] = {}
         self._seeds: dict[int, int] = {}
         self._stops: dict[int, bool] = {}  # True: ends with EOS ("stop"), False: "length"
-        self._offsets: dict[int, int] = {}
         self._handover: set[int] = set()  # its KV arrives by transfer (until it is evicted)
         self._last: dict[int, int] = {}
 
@@ -147,8 +150,7 @@ class SimEngine:
         self._targets[loop_id] = target
         self._seeds[loop_id] = request_seed(self.seed, request.request_id)
         self._stops[loop_id] = target < request.max_tokens
-        self._offsets[loop_id] = request.output_offset
-        if request.output_offset:
+        if request.output_offset and not request.recompute:
             self._handover.add(loop_id)
 
     def handover_delay_s(self, num_kv_tokens: int) -> float:
@@ -174,8 +176,7 @@ class SimEngine:
     ) -> StepResult:
         elapsed_s = self.iteration_s(running, prefill_tokens, produces) / self.speedup
         ids = running.ids[produces]
-        offsets = np.fromiter((self._offsets[int(i)] for i in ids), np.int64, len(ids))
-        positions = running.generated[produces] + offsets
+        positions = running.resumed[produces] + running.generated[produces]
         targets = np.fromiter((self._targets[int(i)] for i in ids), np.int64, len(ids))
         seeds = np.fromiter((self._seeds[int(i)] for i in ids), np.int64, len(ids))
         stops = np.fromiter((self._stops[int(i)] for i in ids), np.bool_, len(ids))
@@ -206,7 +207,7 @@ class SimEngine:
         evicted hand-over lost its transferred KV: its next prefill is computed here."""
         self._handover.discard(loop_id)
         if forget:
-            for table in (self._targets, self._seeds, self._stops, self._offsets):
+            for table in (self._targets, self._seeds, self._stops):
                 table.pop(loop_id, None)
 
 

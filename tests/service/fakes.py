@@ -122,6 +122,7 @@ class FakeBackend:
                 worker_id=0, num_running=1, num_waiting=2, kv_tokens=50, kv_capacity_tokens=200,
                 iterations=generation_tokens, evictions=1, batch_formation_s=[2e-5],
                 prompt_tokens=prompt_tokens, generation_tokens=generation_tokens,
+                recomputed_tokens=prompt_tokens + 1,
             )  # fmt: skip
             self.metrics.observe_worker(stats, "fake-policy")
 

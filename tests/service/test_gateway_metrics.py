@@ -59,6 +59,7 @@ async def test_metrics_after_traffic_carry_vllm_names_and_ours() -> None:
     assert value(text, "kvsched:evictions_total", policy="fake-policy", **worker) == 4
     assert value(text, "kvsched:prompt_tokens_total", **worker) == 16
     assert value(text, "kvsched:generation_tokens_total", **worker) == 12
+    assert value(text, "kvsched:recomputed_prompt_tokens_total", **worker) == 16 + 4
     assert value(text, "kvsched:batch_formation_seconds_count", **worker) == 4
     assert value(text, "kvsched:request_success_total", finished_reason="stop") == 4
     assert value(text, "kvsched:admission_rejections_total", reason="queue_full") == 1

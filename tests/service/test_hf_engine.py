@@ -1,4 +1,5 @@
-"""The hf engine on a tiny random Llama built in the test: lengths, determinism, eviction."""
+"""The hf engine on a tiny random Llama built in the test: lengths, determinism, eviction
+(resume and restart preemption)."""
 
 from __future__ import annotations
 
@@ -69,8 +70,9 @@ def run(
     requests: list[GenerationRequest],
     chunk_tokens: int | None = None,
 ) -> tuple[dict[str, list[int]], dict[str, str], int]:
-    """Drive a real SchedulingLoop as the worker does; tokens of each request's final run.
-    `chunk_tokens` turns on chunked prefill (the loop's max_num_batched_tokens)."""
+    """Drive a real SchedulingLoop as the worker does; each request's output tokens (under
+    restart preemption: those of its final run). `chunk_tokens` turns on chunked prefill (the
+    loop's max_num_batched_tokens)."""
     loop, _ = build_loop(cfg, engine)
     loop.max_num_batched_tokens = chunk_tokens
     tokens: dict[int, list[int]] = {i: [] for i in range(len(requests))}
@@ -83,7 +85,8 @@ def run(
         outcome = loop.step(time.time())
         for loop_id in outcome.evicted:
             num_evicted += 1
-            tokens[loop_id] = []
+            if cfg.preemption == "restart":
+                tokens[loop_id] = []
             if loop_id not in loop.running:
                 engine.release(loop_id, forget=False)
         for loop_id, token_id in engine.step_tokens().items():
@@ -142,11 +145,17 @@ def test_chunked_prefill_gives_the_same_tokens(model_path: Path) -> None:
         assert tokens[i] == whole[r.request_id]
 
 
-def test_eviction_and_restart_regenerate_the_same_tokens(model_path: Path) -> None:
-    cfg = settings(model_path, policy="vllm", kv_tokens=60)
+@pytest.mark.parametrize("preemption", ["resume", "restart"])
+@pytest.mark.parametrize("chunk_tokens", [None, 4])
+def test_evicted_requests_end_with_the_tokens_of_an_undisturbed_run(
+    model_path: Path, preemption: str, chunk_tokens: int | None
+) -> None:
+    """Resume: prompt + kept tokens prefilled again, then on; restart: regenerated."""
+    cfg = settings(model_path, policy="vllm", kv_tokens=60, preemption=preemption)
     requests = [request(f"r{i}", p, 24, ignore_eos=True) for i, p in enumerate(PROMPTS[:3])]
-    tokens, reasons, num_evicted = run(HFEngine(cfg, 0, device="cpu"), cfg, requests)
-    assert num_evicted > 0
+    engine = HFEngine(cfg, 0, device="cpu")
+    tokens, reasons, num_evicted = run(engine, cfg, requests, chunk_tokens)
+    assert num_evicted > 0 and engine._sequences == {}
     roomy = settings(model_path)
     for r in requests:
         alone, _, _ = run(HFEngine(roomy, 0, device="cpu"), roomy, [r])

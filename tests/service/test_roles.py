@@ -173,32 +173,30 @@ def test_a_prefill_worker_sigkilled_under_load_loses_no_request() -> None:
     run(scenario, pool)
 
 
-def test_a_decode_worker_sigkilled_resubmits_what_streamed_only_its_first_token() -> None:
+def test_a_decode_worker_sigkilled_loses_no_request_and_no_token() -> None:
     # decode workers run 2 requests at a time: handed-over ones wait there after their 1st token
     fields = {"workers": 3, "prefill_workers": 1, "prefill_max_batch_size": 16}
     pool = WorkerPool(settings(**fields, max_batch_size=2, speedup=200.0))
     reqs = [request(f"d{i}", 100, ignore_eos=True) for i in range(16)]
     streamed: dict[str, int] = {}
+    tokens: dict[str, list[int]] = {}
 
     async def scenario(pool: WorkerPool) -> None:
         tasks = [asyncio.create_task(collect(pool, r, streamed)) for r in reqs]
         await eventually(lambda: sum(n > 1 for n in streamed.values()) >= 4)
         on_victim = {rid for rid, p in pool._pending.items() if p.slot and p.slot.worker_id == 1}
         first_only = {rid for rid in on_victim if streamed.get(rid) == 1}
+        beyond = {rid for rid in on_victim if streamed.get(rid, 0) > 1}
         os.kill(pool.describe()["workers"][1]["pid"], signal.SIGKILL)
         outcomes = await asyncio.wait_for(asyncio.gather(*tasks), 30)
-        failed = set()
         for req, events in zip(reqs, outcomes, strict=True):
             final = events[-1]
             assert [e for e in events if e.finish_reason] == [final]
-            if final.finish_reason == "error":
-                failed.add(req.request_id)
-                assert final.error is not None and "exited (exit code -9)" in final.error
-                assert streamed[req.request_id] > 1  # beyond the prefill worker's token
-            else:
-                assert final.finish_reason == "length" and final.num_output_tokens == 100
-                assert sum(len(e.token_ids) for e in events) == 100
-        assert failed and failed <= on_victim
-        assert first_only and first_only - failed  # handed over again, then completed
+            assert final.finish_reason == "length" and final.num_output_tokens == 100
+            tokens[req.request_id] = [t for e in events for t in e.token_ids]
+        assert first_only and beyond  # handed over again / resumed by a decode worker
 
     run(scenario, pool)
+    undisturbed = serve_all(WorkerPool(settings(max_batch_size=2)), reqs)
+    for req in reqs:
+        assert tokens[req.request_id] == list(stream(undisturbed[req.request_id])[0])

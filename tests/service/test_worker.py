@@ -7,6 +7,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -139,9 +140,13 @@ def test_worker_streams_every_token_once_and_reports_stats(harness_factory: Any)
     )
 
 
+@pytest.mark.parametrize("preemption", ["resume", "restart"])
 @pytest.mark.parametrize("predictor", ["none", "default"])  # default: the refiner runs too
-def test_evicted_requests_do_not_resend_tokens(harness_factory: Any, predictor: str) -> None:
-    h = harness_factory(kv_tokens=300, predictor=predictor)  # 8 x (10 + 120) overflow: evictions
+def test_evicted_requests_stream_every_token_exactly_once(
+    harness_factory: Any, predictor: str, preemption: str
+) -> None:
+    # 8 x (10 + 120) overflow 300 KV tokens: evictions
+    h = harness_factory(kv_tokens=300, predictor=predictor, preemption=preemption)
     requests = [request(f"e{i}", ignore_eos=i % 2 == 0) for i in range(8)]
     for req in requests:
         h.submit(req)
@@ -150,6 +155,35 @@ def test_evicted_requests_do_not_resend_tokens(harness_factory: Any, predictor: 
     assert max(f.num_evictions for f in finals if f is not None) > 0
     for req in requests:
         assert h.tokens(req.request_id) == expected_tokens(req)
+    h.wait_idle_stats()
+    assert sum(s.stats.recomputed_tokens for s in h.stats) > 0
+    generated = sum(s.stats.generation_tokens for s in h.stats)
+    assert generated == sum(len(expected_tokens(r)) for r in requests)  # streamed tokens
+
+
+@pytest.mark.parametrize("preemption", ["resume", "restart"])
+def test_a_resubmitted_request_continues_after_the_tokens_it_came_with(
+    harness_factory: Any, preemption: str
+) -> None:
+    """A failover resubmission: prompt + k streamed tokens prefilled here, then token k + 1."""
+    h = harness_factory(kv_tokens=2000, preemption=preemption)
+    requests = [request("n", 300), request("x", 40, ignore_eos=True)]
+    for req in requests:
+        k = len(expected_tokens(req)) // 2
+        h.submit(replace(req, output_token_ids=tuple(expected_tokens(req)[:k]), recompute=True))
+    h.wait_final([r.request_id for r in requests])
+    for req in requests:
+        want = expected_tokens(req)
+        k = len(want) // 2
+        final = h.final(req.request_id)
+        assert final is not None and final.error is None
+        assert h.tokens(req.request_id) == want[k:]
+        assert final.num_output_tokens == len(want)
+    h.wait_idle_stats()
+    stats = [s.stats for s in h.stats]
+    assert sum(s.prompt_tokens for s in stats) == 0
+    recomputed = sum(len(PROMPT) + len(expected_tokens(r)) // 2 for r in requests)
+    assert sum(s.recomputed_tokens for s in stats) == recomputed
 
 
 def test_requests_that_cannot_fit_end_with_an_error_and_a_reason(harness_factory: Any) -> None:
