@@ -125,11 +125,12 @@ class RunningSet:
         return self.kv_tokens + len(self._requests)
 
     def newest_victims(self, capacity: int) -> tuple[RequestId, ...]:
-        """Most recently admitted first (vLLM pops the tail of `running`) until the rest fit."""
+        """Most recently admitted first until the rest fit: vLLM pops the tail of its running
+        list, and rows here are in admission order too."""
         overflow = self.next_step_tokens() - capacity
         victims: list[RequestId] = []
         tokens = self.prompt_tokens + self.generated + 1
-        for j in np.lexsort((-self.ids, -self.start_step)):
+        for j in range(len(self.ids) - 1, -1, -1):
             if overflow <= 0:
                 break
             victims.append(int(self.ids[j]))

@@ -36,7 +36,10 @@ def trial(job: tuple[str, int, int, float]) -> dict[str, Any]:
     out = inst.output_tokens
     workload = Workload(inst.arrival_slots.astype(np.float64), inst.prompt_tokens, out, out, out)
     cost = load_cost_model("unit", kv_tokens=inst.capacity)
-    tel = {p: simulate(workload, p, cost).summary["total_latency_s"] for p in ("mcsf", "fcfs")}
+    tel = {
+        p: simulate(workload, p, cost, preemption="restart").summary["total_latency_s"]
+        for p in ("mcsf", "fcfs")
+    }
     opt = solve_hindsight(
         inst.arrival_slots, inst.prompt_tokens, out, inst.capacity, time_limit_s=time_limit_s
     )

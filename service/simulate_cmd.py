@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from algorithms import REGISTRY
+from algorithms import PREEMPTION_MODES, REGISTRY
 from simulator.cost_model import PRESETS, load_cost_model
 from simulator.experiment import ArrivalControl, Experiment, build_workload, interval_model
 from simulator.report import format_table, plot_latencies
@@ -55,6 +55,14 @@ def add_parser(commands: Any) -> None:
         type=int,
         metavar="N",
         help="chunked prefill with a budget of N tokens per iteration (default: off)",
+    )
+    p.add_argument(
+        "--preemption",
+        choices=PREEMPTION_MODES,
+        default="resume",
+        help="what an evicted request keeps: its tokens, re-prefilled with its prompt when it "
+        "is admitted again (resume, vLLM's behaviour; default), or nothing (restart, the "
+        "papers' model)",
     )
     arrivals = p.add_mutually_exclusive_group()
     arrivals.add_argument("--rate-scale", type=float, help="divide the trace's gaps by X")
@@ -126,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
         max_batch_size=args.max_batch_size,
         max_num_batched_tokens=args.max_num_batched_tokens,
         refiner=predictor,
+        preemption=args.preemption,
         params=parse_params(args.param, policies),
     )
     show = not args.no_progress and sys.stderr.isatty()
@@ -134,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
     unit = "iterations" if cost_model.unit else "seconds"
     print(
         f"{args.trace}: {len(workload)} requests, cost model {cost_model.name}, "
-        f"M = {cost_model.kv_capacity_tokens} tokens, intervals {args.intervals}, times in {unit}"
+        f"M = {cost_model.kv_capacity_tokens} tokens, intervals {args.intervals}, "
+        f"{args.preemption} preemption, times in {unit}"
     )
     baseline = "vllm" if "vllm" in results else None
     print(format_table(document["results"], baseline=baseline))

@@ -3,8 +3,8 @@
 It is the only place in the simulator that reads true output lengths (besides the hindsight
 benchmark H-SF, which is handed them explicitly). An iteration prefills what the loop assigns
 (whole prompts of admitted requests, or chunks; a resumed request's prompt includes the
-tokens it kept, so the cost model charges their recomputation), decodes one token for every running request
-past its prefill, and lasts what the cost model says.
+tokens it kept, so the cost model charges their recomputation), decodes one token for every
+running request past its prefill, and lasts what the cost model says.
 """
 
 from __future__ import annotations

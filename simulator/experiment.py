@@ -124,6 +124,7 @@ class Experiment:
     max_batch_size: int | None = None
     max_num_batched_tokens: int | None = None
     refiner: IntervalRefiner | None = None
+    preemption: str = "resume"
     params: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def run(self, policies: Sequence[str], *, show_progress: bool = False) -> dict[str, SimResult]:
@@ -144,6 +145,7 @@ class Experiment:
                     max_batch_size=self.max_batch_size,
                     max_num_batched_tokens=self.max_num_batched_tokens,
                     refiner=self.refiner,
+                    preemption=self.preemption,
                     progress=bar.update,
                 )
         return results
@@ -159,5 +161,6 @@ class Experiment:
             "seed": self.seed,
             "max_batch_size": self.max_batch_size,
             "max_num_batched_tokens": self.max_num_batched_tokens,
+            "preemption": self.preemption,
             "results": {name: result.summary for name, result in results.items()},
         }

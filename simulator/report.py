@@ -20,6 +20,7 @@ COLUMNS = (
     ("mean_tpot_s", "tpot", "{:.4f}"),
     ("throughput_tok_s", "tok/s", "{:.0f}"),
     ("evictions", "evict", "{:d}"),
+    ("recomputed_tokens", "recomp tok", "{:d}"),
     ("mean_kv_utilization", "kv util", "{:.2f}"),
     ("sim_wall_s", "wall s", "{:.1f}"),
 )

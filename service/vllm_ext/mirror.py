@@ -16,10 +16,10 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from algorithms.errors import InvalidDecisionError
+from algorithms.decision import settle
 from algorithms.protocols import BatchFormer
 from algorithms.state import RunningSet, SchedulerState, WaitingQueue
-from algorithms.types import BatchDecision, LengthInterval, RequestId, WaitingRequest
+from algorithms.types import LengthInterval, RequestId, WaitingRequest
 from service.vllm_ext.views import interval_from_extra_args, shift_interval, view_prompt_tokens
 
 
@@ -68,7 +68,7 @@ class Mirror:
         self.block_size = block_size
         self.max_batch_size = max_batch_size
         self.waiting = WaitingQueue(key=former.waiting_key)
-        self.running = RunningSet()
+        self.running = RunningSet(resume=True)  # vLLM keeps a preempted request's tokens
         self.step = 0
         self._ids: dict[str, RequestId] = {}
         self._requests: dict[RequestId, Any] = {}
@@ -179,7 +179,12 @@ class Mirror:
         running.prefill_left = np.where(generated > 0, 0, running.prefill_left)
 
     def plan(self, now_s: float) -> Plan:
-        """Ask the former; evictions and admissions as vLLM request objects."""
+        """Ask the former; evictions and admissions as vLLM request objects.
+
+        The decision is checked and fitted by the same code as `SchedulingLoop`'s
+        (algorithms.decision), with resume preemption (vLLM's) and without raising on an
+        overflow: inside vLLM the newest requests are preempted instead, as vLLM would.
+        """
         state = SchedulerState(
             self.step,
             now_s,
@@ -189,24 +194,19 @@ class Mirror:
             self.max_batch_size,
         )
         decision = self.former.form_batch(state)
-        self._validate(decision)
-        if decision.evict:
-            # a request evicted now comes back next step: vLLM resumes it with its kept
-            # tokens, a larger prompt than the view the former just planned its re-admission with
-            evicted = set(decision.evict)
-            decision = BatchDecision(
-                admit=tuple(i for i in decision.admit if i not in evicted), evict=decision.evict
-            )
-        forced = False
-        if self._decision_tokens(decision) > self.capacity_tokens:
-            # a non-evicting former whose request outlived its interval (prediction miss), or
-            # chunked prefill: like SchedulingLoop, drop admissions and preempt the newest
-            victims = self.running.newest_victims(self.capacity_tokens)
-            decision, forced = BatchDecision(evict=victims), True
+        settled = settle(
+            self.former,
+            decision,
+            self.waiting,
+            self.running,
+            self.capacity_tokens,
+            max_batch_size=self.max_batch_size,
+            strict=False,
+        )
         return Plan(
-            tuple(self._requests[i] for i in decision.evict),
-            tuple(self._requests[i] for i in decision.admit),
-            forced,
+            tuple(self._requests[i] for i in settled.evict),
+            tuple(self._requests[i] for i in settled.admit),
+            settled.forced,
         )
 
     def _view(self, rid: RequestId, request: VllmRequest) -> WaitingRequest:
@@ -224,6 +224,7 @@ class Mirror:
             interval=LengthInterval(min(left.lo + self.lag_steps, hi), hi),
             num_evictions=request.num_preemptions,
             max_tokens=max(1, request.max_tokens - kept) + self.lag_steps,
+            resumed=kept,
         )
 
     def _drop_row(self, rid: RequestId) -> None:
@@ -233,28 +234,3 @@ class Mirror:
         self._row_kept = self._row_kept[keep]
         if self._progress_read:  # otherwise it is read again before use
             self._row_produced = self._row_produced[keep]
-
-    def _validate(self, decision: BatchDecision) -> None:
-        if not decision.admit and not decision.evict:
-            return
-        name = self.former.name
-        if decision.evict and not self.former.can_evict:
-            raise InvalidDecisionError(f"{name}: evicted {decision.evict} but cannot evict")
-        evicted = set(decision.evict)
-        if len(evicted) != len(decision.evict) or len(set(decision.admit)) != len(decision.admit):
-            raise InvalidDecisionError(f"{name}: names a request twice: {decision}")
-        if any(i not in self.running for i in evicted):
-            raise InvalidDecisionError(f"{name}: evicts a request that is not running")
-        if any(i not in self.waiting and i not in evicted for i in decision.admit):
-            raise InvalidDecisionError(f"{name}: admits a request that is not waiting")
-
-    def _decision_tokens(self, decision: BatchDecision) -> int:
-        """KV tokens the running requests hold in the coming step after `decision`."""
-        running = self.running
-        tokens = running.next_step_tokens()
-        for rid in decision.evict:
-            j = running.position(rid)
-            tokens -= int(running.prompt_tokens[j] + running.generated[j] + 1)
-        for rid in decision.admit:
-            tokens += self.waiting.get(rid).prompt_tokens + 1
-        return tokens

@@ -74,8 +74,12 @@ def record(prompt: int, output: int, lo: int, hi: int, arrival_s: float = 0.0) -
 
 
 def unit_args(trace: Path, kv_tokens: int, policies: str, intervals: str = "given") -> list[str]:
-    """The papers' setting: backlog at t=0, one time unit per iteration, the trace's lo/hi."""
-    options = f"--backlog --cost-model unit --kv-tokens {kv_tokens} --intervals {intervals}"
+    """The papers' setting: backlog at t=0, one time unit per iteration, the trace's lo/hi,
+    evicted requests restart from scratch."""
+    options = (
+        f"--backlog --cost-model unit --kv-tokens {kv_tokens} --intervals {intervals} "
+        "--preemption restart"
+    )
     return ["--trace", str(trace), *options.split(), "--policies", policies]
 
 

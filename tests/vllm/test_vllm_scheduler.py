@@ -128,7 +128,7 @@ class TrueLengths:
         self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> StepResult:
         true = np.array([self.lengths[int(i)] for i in running.ids], dtype=np.int64)
-        done = running.ids[produces & (running.generated + 1 >= true)]
+        done = running.ids[produces & (running.resumed + running.generated + 1 >= true)]
         return StepResult(1.0, tuple(int(i) for i in done))
 
 
@@ -164,20 +164,16 @@ def loop_trace(policy: str, workload: list[Job], num_steps: int) -> dict[str, li
 
 @pytest.mark.parametrize("policy", POLICIES)
 def test_parity_with_scheduling_loop(vllm_report: dict[str, Any], policy: str) -> None:
-    """Same admissions (in order), evictions and finishes, step for step; for an evicting
-    policy up to and including its first eviction (after it vLLM resumes a victim with the
-    tokens it kept, where the loop restarts it from scratch)."""
+    """Same admissions (in order), evictions and finishes, step for step, to the end of the
+    run: the loop's resume preemption keeps a victim's tokens as vLLM does."""
     run = vllm_report["parity"][policy]
     workload = jobs(2, 12, tight=policy == "amin")
     ref = loop_trace(policy, workload, len(run["admitted"]))
     evictions = [s for s, ids in enumerate(ref["evicted"]) if ids]
-    end = evictions[0] + 1 if evictions else len(ref["admitted"])
     if policy == "amin":  # the tight lower bounds make it evict: the case that matters
         assert evictions
-    for step in range(end):
+    for step in range(len(ref["admitted"])):
         assert run["admitted"][step] == ref["admitted"][step], f"admitted, step {step}"
         assert run["evicted"][step] == sorted(ref["evicted"][step]), f"evicted, step {step}"
         assert sorted(run["finished"][step]) == sorted(ref["finished"][step]), f"step {step}"
-    if not evictions:  # the whole run, and every request finished in both
-        assert sum(map(len, ref["finished"])) == len(workload)
-    assert sum(map(len, ref["admitted"][:end])) >= 4, "too little was compared"
+    assert sum(map(len, ref["finished"])) == len(workload)
