@@ -1,8 +1,9 @@
 """vLLM's default scheduling, the baseline users run today (ecosystem §1.4-1.5).
 
 Arrival order. If the running requests' next tokens overflow the KV cache, preempt the most
-recently admitted request (recompute: it restarts from scratch, spec §1.5) until they fit, and
-admit nothing in that iteration. Otherwise admit in order while each new prompt fits in the
+recently admitted request until they fit (recompute: under the loop's default resume
+preemption it keeps its tokens and re-prefills them later, as in vLLM), and admit nothing in
+that iteration. Otherwise admit in order while each new prompt fits in the
 memory free now (minus an optional watermark), stopping at the first that does not: no
 look-ahead at how the batch will grow.
 """
