@@ -154,7 +154,8 @@ class Metrics:
         """Apply one worker report: set its gauges, add its counters since the last report.
 
         `stats.evictions`, `prompt_tokens`, `generation_tokens`, `recomputed_tokens` are deltas
-        since the previous report (they are added); `batch_formation_s` holds one duration per formed batch.
+        since the previous report (they are added); `batch_formation_s` holds one duration per
+        formed batch.
         """
         name, worker = self.model_name, str(stats.worker_id)
         self.num_requests_running.labels(name, worker).set(stats.num_running)

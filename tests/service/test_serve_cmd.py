@@ -42,6 +42,16 @@ def test_flags_override_environment_defaults(monkeypatch: pytest.MonkeyPatch) ->
     assert settings.workers == 2 and settings.policy == "vllm"  # flag wins; env fills the rest
     assert settings.api_keys == ("a", "b")
     assert settings.policy_params == {"alpha": 0.25, "mode": "x"}
+    assert settings.preemption == "resume" and settings.max_resubmits == 3  # the defaults
+
+
+def test_preemption_and_failover_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVSCHED_MAX_RESUBMITS", "7")
+    args = build_parser().parse_args(["serve", "--preemption", "restart"])
+    settings = build_settings(args)
+    assert settings.preemption == "restart" and settings.max_resubmits == 7
+    args = build_parser().parse_args(["serve", "--max-resubmits", "0"])
+    assert build_settings(args).max_resubmits == 0
 
 
 @pytest.mark.parametrize(
@@ -51,6 +61,7 @@ def test_flags_override_environment_defaults(monkeypatch: pytest.MonkeyPatch) ->
         (["--engine", "hf"], "engine 'hf' needs --model"),
         (["--shutdown-grace-s", "-1"], "shutdown-grace-s: Input should be greater than"),
         (["--policy-param", "novalue"], "--policy-param expects KEY=VALUE"),
+        (["--max-resubmits", "-1"], "max-resubmits: Input should be greater than or equal to 0"),
     ],
 )
 def test_bad_settings_end_with_one_error_line_and_status_2(
