@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The separate virtual environment for vLLM 0.33.0 that tests/vllm and
-# benchmarks/vllm_sched_overhead.py run in (docs/vllm.md; spec vllm-on-cpu.md "Installing").
+# benchmarks/vllm_sched_overhead.py run in (docs/vllm.md, "Tests").
 # Reuses ${KVSCHED_VLLM_VENV:-<repo>/.venv-vllm} when it is complete and importable.
 # Lean variant first: vLLM's pure-Python dependencies, the local CPU torch==2.13.0 wheel, vLLM
 # itself with --no-deps (no nvidia/triton/flashinfer); then the full `pip install vllm==0.33.0`;
