@@ -4,7 +4,16 @@ An engine is the worker's `Executor` (algorithms.loop): `execute` runs one itera
 batch the `SchedulingLoop` formed and reports which requests finished; the tokens each request
 produced in that iteration are read back with `step_tokens()`. Requests are identified by the
 loop's integer ids. The worker calls `add` before a request is queued and `release` when it
-leaves the loop for any reason (finished, evicted: it restarts from scratch, aborted).
+leaves the loop for any reason (finished, evicted, aborted).
+
+Resumption: a request's output so far starts as the `output_token_ids` it was added with (a
+hand-over or a failover resubmission). Whenever the loop (re)admits it, its row's `resumed[j]`
+says how many of those output tokens to keep: the engine keeps exactly the first `resumed[j]`,
+drops the rest (and any KV), prefills prompt + them (`running.prompt_tokens[j]` tokens, perhaps
+in chunks) and continues with output token `resumed[j] + 1`; its next token is always number
+`resumed[j] + generated[j] + 1`. Under resume preemption an evicted request comes back with all
+its tokens kept; under restart preemption with only those it was added with, and regenerates
+the rest, which must come out the same (deterministic decoding).
 """
 
 from __future__ import annotations
@@ -55,5 +64,6 @@ class Engine(Protocol):
         ...
 
     def release(self, loop_id: int, *, forget: bool) -> None:
-        """Free the request's KV. `forget=False` on eviction (it will be re-prefilled)."""
+        """Free the request's KV. `forget=False` on eviction (it will be re-prefilled: keep
+        its output tokens until its next admission says how many to keep)."""
         ...
