@@ -41,7 +41,7 @@ def run(limit: int) -> list[dict[str, Any]]:
                 kv_capacity_tokens=cost.kv_capacity_tokens,
             )
             for policy in POLICIES:
-                s = simulate(workload, policy, cost).summary
+                s = simulate(workload, policy, cost, preemption="restart").summary
                 rows.append(
                     {
                         "cost_model": model,
