@@ -146,6 +146,7 @@ class WorkerPool:
             "accepting": self._accepting,
             "num_requests": len(self._pending),
             "prefill_workers": self.settings.prefill_workers,
+            "preemption": self.settings.preemption,
             **describe_slots(self._slots),
         }
 

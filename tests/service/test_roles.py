@@ -147,6 +147,7 @@ def test_scheduler_view_lists_each_workers_role() -> None:
     view = run(scenario, pool)
     assert [w["role"] for w in view["workers"]] == ["prefill", "prefill", "decode"]
     assert view["prefill_workers"] == 2 and view["num_requests"] == 0
+    assert view["preemption"] == "resume"
 
 
 def test_a_prefill_worker_sigkilled_under_load_loses_no_request() -> None:
