@@ -232,8 +232,10 @@ class Worker:
             self._outbox.append(TokenEvent(request.request_id, finish_reason="error", error=error))
             return
         loop_id, self._next_loop_id = self._next_loop_id, self._next_loop_id + 1
-        context = request.prompt_token_ids + request.output_token_ids
-        tracked = TrackedRequest(request, loop_id, IncrementalDetokenizer(self.tokenizer, context))
+        detok = IncrementalDetokenizer(
+            self.tokenizer, request.prompt_token_ids, request.output_token_ids
+        )
+        tracked = TrackedRequest(request, loop_id, detok)
         self._by_request[request.request_id] = tracked
         self._by_loop[loop_id] = tracked
         problem = request_problem(request, self.engine)
