@@ -43,6 +43,9 @@ ENGINE_ARGS = (
     "--dtype", "bfloat16", "--block-size", str(BLOCK_SIZE),
     "--num-gpu-blocks-override", str(NUM_BLOCKS), "--max-model-len", "512",
     "--max-num-seqs", "16", "--seed", "0",
+    # no compile warm-up: starts in half the time, and the first real batch is the engine's
+    # first forward pass (without AMX permission vLLM's own scheduler then dies with SIGILL)
+    "--enforce-eager",
 )  # fmt: skip
 
 
