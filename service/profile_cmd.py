@@ -6,12 +6,20 @@ iteration, then decode iterations, per cell; TP degree 1: our engines have no TP
 An iteration's time is its wall time, or the duration the engine reports if that is longer (the
 sim engine paces against a deadline and hides up to one iteration of caller overhead); times
 are multiplied by the engine's `speedup` (sim), so a sim profile is in the emulated model's time.
+
+`--engine vllm` steps vLLM's own engine in this process (`service.engines.vllm.VllmStepEngine`:
+one iteration = one `LLMEngine.step()`, our scheduler class inside with policy `vllm`, prefix
+caching off, KV blocks and token budget sized so each cell is one prefill step then decodes).
+The profile is written as .toml (cost model + the samples as comments) or .json (the cost-model
+fields only, the fit quality in `description`); `kvsched simulate --cost-model` reads both.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -27,9 +35,20 @@ from service.engines.base import Engine
 from service.protocol import GenerationRequest
 from service.settings import Settings
 from simulator.cost_model import PRESETS
-from simulator.profiler import ProfileGrid, ProfileSample, fit_cost_model, render_profile
+from simulator.profiler import (
+    ProfileFit,
+    ProfileGrid,
+    ProfileSample,
+    fit_cost_model,
+    render_profile,
+)
 
-DEFAULT_GRIDS: Final = {"sim": "1,4,16,64x128,512,2048", "hf": "1,2,4,8x16,32,64"}
+DEFAULT_GRIDS: Final = {
+    "sim": "1,4,16,64x128,512,2048",
+    "hf": "1,2,4,8x16,32,64",
+    "vllm": "1,4,16,32x32,128,256",
+}
+VLLM_PROFILE_POLICY: Final = "vllm"  # the batch former inside vLLM while profiling
 FILLER_IDS: Final = 50  # prompts cycle through token ids 3..52 (valid in any real vocabulary)
 Clock = Callable[[], float]
 
@@ -41,9 +60,9 @@ def add_parser(commands: Any) -> None:
         description="Time prefill and decode iterations over batch size x sequence length, "
         "fit the linear cost model and write it as a .toml profile for --cost-model.",
     )
-    p.add_argument("--engine", choices=("sim", "hf"), required=True)
-    p.add_argument("--model", help="local Hugging Face model directory (hf engine)")
-    p.add_argument("--out", type=Path, required=True, help="profile to write (.toml)")
+    p.add_argument("--engine", choices=("sim", "hf", "vllm"), required=True)
+    p.add_argument("--model", help="local Hugging Face model directory (hf, vllm engines)")
+    p.add_argument("--out", type=Path, required=True, help="profile to write (.toml or .json)")
     p.add_argument(
         "--grid",
         help="BATCH_SIZES x SEQ_LENGTHS, e.g. 1,2,4x64,256 (default: "
@@ -65,10 +84,13 @@ def add_parser(commands: Any) -> None:
     p.set_defaults(handler=run)
 
 
-def build_engine(args: argparse.Namespace) -> Engine:
+def build_engine(args: argparse.Namespace, grid: ProfileGrid | None = None) -> Engine:
     """The engine the serving path would run, from the same `Settings`."""
     fields: dict[str, Any] = {"engine": args.engine, "predictor": "none", "seed": 0}
     fields["kv_tokens"] = args.kv_tokens
+    if args.engine == "vllm":
+        assert grid is not None
+        return build_vllm_engine(args.model, grid, fields)
     if args.engine == "hf":
         from service.engines.hf import HFEngine
 
@@ -77,6 +99,29 @@ def build_engine(args: argparse.Namespace) -> Engine:
 
     settings = Settings(cost_model=args.cost_model, speedup=args.speedup, **fields)
     return SimEngine(settings, 0)
+
+
+def build_vllm_engine(model: str, grid: ProfileGrid, fields: dict[str, Any]) -> Engine:
+    """`VllmStepEngine` sized for `grid`: each cell's prompts in one step, its KV in blocks."""
+    from service.engines.vllm import VllmStepEngine, kv_block_size
+
+    block = kv_block_size()
+    longest = max(grid.seq_tokens) + grid.decode_steps + 2
+    max_model_len = max(longest, 2 * block)
+    # our scheduler charges each request up to one block more than vLLM holds (whole-block
+    # rounding of its view, docs/vllm.md): room for that, or it would preempt mid-cell
+    need = grid.decode_steps + 2 + block
+    blocks = max(b * math.ceil((s + need) / block) for b, s in grid.cells())
+    settings = Settings(
+        model=model, policy=VLLM_PROFILE_POLICY, max_model_len=max_model_len, **fields
+    )
+    engine: Engine = VllmStepEngine(
+        settings,
+        max_num_seqs=max(grid.batch_sizes),
+        max_num_batched_tokens=max(max(b * s for b, s in grid.cells()), max_model_len),
+        num_blocks=max(blocks, math.ceil(max_model_len / block)) + 2,  # + null block, slack
+    )
+    return engine
 
 
 def check_grid(grid: ProfileGrid, engine: Engine) -> None:
@@ -166,16 +211,29 @@ def profile_engine(
 
 def check_args(args: argparse.Namespace) -> None:
     """Refuse option combinations before loading anything (one-line errors)."""
-    if args.out.suffix.lower() != ".toml":
-        raise ValueError(f"--out {args.out}: the profile is written as .toml")
+    if args.out.suffix.lower() not in (".toml", ".json"):
+        raise ValueError(f"--out {args.out}: the profile is written as .toml or .json")
     if args.engine == "sim" and args.model:
-        raise ValueError("--model is for --engine hf; the sim engine emulates --cost-model")
-    if args.engine == "hf" and not args.model:
-        raise ValueError("--engine hf needs --model, a local Hugging Face model directory")
+        raise ValueError("--model is for --engine hf or vllm; the sim engine emulates --cost-model")
+    if args.engine in ("hf", "vllm") and not args.model:
+        raise ValueError(
+            f"--engine {args.engine} needs --model, a local Hugging Face model directory"
+        )
     if not args.speedup > 0:
         raise ValueError(f"--speedup must be > 0, got {args.speedup}")
     if args.kv_tokens is not None and args.kv_tokens < 1:
         raise ValueError(f"--kv-tokens must be >= 1, got {args.kv_tokens}")
+
+
+def json_profile(fit: ProfileFit) -> dict[str, Any]:
+    """The .json profile: `load_cost_model`'s fields only, the fit quality in the description."""
+    data = fit.cost_model.to_dict()
+    data["description"] = (
+        f"{data['description']}; fit: nnls on relative error, R^2 (of ms) {fit.r_squared:.4f}, "
+        f"relative error max {fit.max_relative_error:.3f} median "
+        f"{fit.median_relative_error:.3f}, {fit.num_samples} samples"
+    )
+    return data
 
 
 def run(args: argparse.Namespace) -> int:
@@ -183,11 +241,20 @@ def run(args: argparse.Namespace) -> int:
     options = {"decode_steps": args.decode_steps, "repeats": args.repeats, "warmup": args.warmup}
     grid_text = args.grid or DEFAULT_GRIDS[args.engine]
     grid = ProfileGrid.parse(grid_text, **options)
-    engine = build_engine(args)
-    check_grid(grid, engine)
-    show = not args.no_progress and sys.stderr.isatty()
-    samples = profile_engine(engine, grid, show_progress=show)
-    source = args.model if args.engine == "hf" else f"{args.cost_model}, speedup {args.speedup}"
+    engine = build_engine(args, grid)
+    try:
+        check_grid(grid, engine)
+        show = not args.no_progress and sys.stderr.isatty()
+        samples = profile_engine(engine, grid, show_progress=show)
+    finally:
+        shutdown = getattr(engine, "shutdown", None)
+        if callable(shutdown):
+            shutdown()
+    source = (
+        args.model
+        if args.engine in ("hf", "vllm")
+        else f"{args.cost_model}, speedup {args.speedup}"
+    )
     fit = fit_cost_model(
         samples,
         name=args.name or args.out.stem,
@@ -195,7 +262,10 @@ def run(args: argparse.Namespace) -> int:
         description=f"kvsched profile --engine {args.engine} ({source}), tp=1, grid {grid_text}",
     )
     header = f"kvsched profile: engine {args.engine} ({source}); times in ms; tp = 1"
-    args.out.write_text(render_profile(fit, samples, header=header), encoding="utf-8")
+    if args.out.suffix.lower() == ".json":
+        args.out.write_text(json.dumps(json_profile(fit), indent=2) + "\n", encoding="utf-8")
+    else:
+        args.out.write_text(render_profile(fit, samples, header=header), encoding="utf-8")
     model = fit.cost_model
     print(
         f"{args.out}: {len(samples)} iterations; base_ms={model.base_ms:.4g} "

@@ -346,3 +346,96 @@ def _finish_reason(reason: str | None, finished: bool) -> FinishReason | None:
     if reason == "abort":
         return "abort"
     return "length" if reason == "length" else "stop"
+
+
+class VllmStepEngine:
+    """vLLM's engine stepped in this process, for `kvsched profile --engine vllm`: an `Engine`
+    (base.py) whose `execute` is one `LLMEngine.step()` (schedule with our scheduler class,
+    run the model, process outputs), timed by the caller.
+
+    vLLM decides what each step runs, so the profile keeps it equal to what the loop asked:
+    prefix caching off (repeated prompts would skip their prefill), a token budget and
+    `max_num_seqs` that admit the whole cell in one prefill step, and enough KV blocks for the
+    largest cell (`num_blocks`). `execute` checks that every request of the batch produced a
+    token (ValueError otherwise). The engine core runs the model in this process
+    (VLLM_ENABLE_V1_MULTIPROCESSING=0, executor `uni`).
+    """
+
+    name = "vllm"
+
+    def __init__(
+        self, settings: Settings, *, max_num_seqs: int, max_num_batched_tokens: int,
+        num_blocks: int | None = None,
+    ) -> None:  # fmt: skip
+        require_vllm()
+        os.environ.update(scheduler_env(settings))
+        os.environ[MULTIPROC_ENV] = "0"  # LLMEngine keeps EngineCore in this process
+        cpu = on_cpu_platform()
+        kwargs = engine_kwargs(settings, cpu=cpu)
+        kwargs.update(
+            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+            enable_prefix_caching=False, disable_log_stats=True,
+        )  # fmt: skip
+        if num_blocks is not None and settings.kv_tokens is None:
+            kwargs["block_size"] = kv_block_size(cpu)
+            kwargs["num_gpu_blocks_override"] = num_blocks
+        vllm = _vllm()
+        self._engine = vllm.LLMEngine.from_engine_args(vllm.EngineArgs(**kwargs))
+        cache = self._engine.vllm_config.cache_config
+        self.block_size = int(cache.block_size)
+        self.kv_capacity_tokens = (int(cache.num_gpu_blocks) - 1) * self.block_size
+        self.max_model_len = int(self._engine.vllm_config.model_config.max_model_len)
+        self._rids: dict[int, str] = {}
+        self._tokens: dict[int, int] = {}
+        self._serial = 0
+
+    def add(self, loop_id: int, request: GenerationRequest) -> None:
+        self._serial += 1
+        rid = f"{request.request_id}-{self._serial}"
+        self._rids[loop_id] = rid
+        kinds = _vllm("vllm.sampling_params")
+        params = kinds.SamplingParams(
+            temperature=0.0, max_tokens=request.max_tokens, ignore_eos=True,
+            output_kind=kinds.RequestOutputKind.DELTA,
+            extra_args={LO_KEY: request.lo, HI_KEY: request.hi},
+        )  # fmt: skip
+        self._engine.add_request(rid, {"prompt_token_ids": list(request.prompt_token_ids)}, params)
+
+    def execute(self, running: Any, prefill_tokens: Any, produces: Any) -> Any:
+        """One engine step; `StepResult` with its wall time and the requests that finished."""
+        from algorithms.loop import StepResult
+
+        del prefill_tokens
+        started = time.perf_counter()
+        outputs = self._engine.step()
+        elapsed_s = time.perf_counter() - started
+        by_rid = self._rids
+        produced = {o.request_id: o for o in outputs if o.outputs and o.outputs[0].token_ids}
+        expected = [int(j) for j, p in zip(running.ids, produces, strict=True) if p]
+        missing = [j for j in expected if by_rid.get(j) not in produced]
+        if missing:
+            raise ValueError(
+                f"vLLM's step produced no token for {len(missing)} of {len(expected)} requests "
+                "(prefill split over steps or KV short): raise the token budget or blocks"
+            )
+        self._tokens = {j: int(produced[by_rid[j]].outputs[0].token_ids[-1]) for j in expected}
+        finished = tuple(j for j in expected if produced[by_rid[j]].finished)
+        return StepResult(elapsed_s, finished)
+
+    def step_tokens(self) -> dict[int, int]:
+        return dict(self._tokens)
+
+    def finish_reason(self, loop_id: int) -> str:
+        del loop_id
+        return "length"
+
+    def release(self, loop_id: int, *, forget: bool) -> None:
+        del forget
+        rid = self._rids.pop(loop_id, None)
+        if rid is not None:
+            self._engine.abort_request([rid])
+
+    def shutdown(self) -> None:
+        """Stop the engine core (and its executor) now."""
+        with contextlib.suppress(Exception):
+            self._engine.engine_core.shutdown()
