@@ -62,7 +62,7 @@ def test_sim_engine_profile_recovers_its_cost_model(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--engine", "sim", "--out", "p.json"], "the profile is written as .toml"),
+        (["--engine", "sim", "--out", "p.txt"], "the profile is written as .toml or .json"),
         (["--engine", "sim", "--out", "p.toml", "--grid", "1,2"], "expected BATCH_SIZES x SEQ"),
         (["--engine", "hf", "--out", "p.toml"], "--engine hf needs --model"),
         (["--engine", "hf", "--model", "nowhere", "--out", "p.toml"], "not a local directory"),
