@@ -56,6 +56,7 @@ def make_batch_former(name: str, **params: Any) -> BatchFormer:
 __all__ = [
     "CLAIRVOYANT",
     "REGISTRY",
+    "PREEMPTION_MODES",
     "BatchDecision",
     "BatchFormer",
     "CapacityExceededError",

@@ -99,8 +99,8 @@ class BatchDecision:
     `evict` happens before the iteration runs: evicted requests free all their KV tokens, and
     either keep their tokens (resume preemption) or lose them (restart). `admit` may name
     requests evicted in the same decision under restart (A_min re-admits from scratch); under
-    resume such re-admissions are dropped (the request comes back at a later iteration). Admitted requests are prefilled and produce
-    their first token in this iteration.
+    resume such re-admissions are dropped (the request comes back at a later iteration).
+    Admitted requests are prefilled and produce their first token in this iteration.
     """
 
     admit: tuple[RequestId, ...] = field(default=())

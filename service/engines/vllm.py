@@ -81,9 +81,11 @@ def model_path(settings: Settings) -> str:
 
 def on_cpu_platform() -> bool:
     """Whether the installed vLLM runs on its CPU platform (False without vLLM)."""
-    if importlib.util.find_spec("vllm") is None:
+    try:
+        platforms = importlib.import_module("vllm.platforms")
+    except ImportError:  # no vLLM (or only a directory named vllm on the path)
         return False
-    return bool(importlib.import_module("vllm.platforms").current_platform.is_cpu())
+    return bool(platforms.current_platform.is_cpu())
 
 
 def kv_block_size(cpu: bool | None = None) -> int:

@@ -128,7 +128,9 @@ def test_resume_emits_each_token_exactly_once(policy: str, instance: tuple[Workl
     assert len(finished) == len(set(finished))
     assert len(finished) + len(rejected) == len(workload)
     for request_id in finished:
-        assert executor.positions[request_id] == list(range(int(workload.output_tokens[request_id])))
+        assert executor.positions[request_id] == list(
+            range(int(workload.output_tokens[request_id]))
+        )
     assert all(o.kv_tokens <= capacity for o in outcomes)
     # what re-admissions prefilled again is exactly what the loop reports as recomputed
     first = {i: int(workload.prompt_tokens[i]) for i in range(len(workload))}

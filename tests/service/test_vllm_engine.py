@@ -18,6 +18,7 @@ import pytest
 
 from service.cli import main
 from service.engines.vllm import (
+    AMX_EXTENSION,
     INSTALL_HINT,
     SCHEDULER_CLS,
     VllmBackend,
@@ -36,12 +37,15 @@ def vllm_settings(model: Path, **fields: object) -> Settings:
 
 def test_engine_kwargs_configure_our_scheduler(tmp_path: Path) -> None:
     settings = vllm_settings(tmp_path, kv_tokens=1000, max_batch_size=8, max_model_len=512)
-    kwargs = engine_kwargs(settings)
+    kwargs = engine_kwargs(settings, cpu=False)
     assert kwargs["scheduler_cls"] == SCHEDULER_CLS == "service.vllm_ext.scheduler.KvschedScheduler"
     assert (kwargs["model"], kwargs["max_num_seqs"], kwargs["max_model_len"]) == (
         str(tmp_path), 8, 512,
     )  # fmt: skip
     assert (kwargs["block_size"], kwargs["num_gpu_blocks_override"]) == (16, 63)  # ceil(1000/16)
+    on_cpu = engine_kwargs(settings, cpu=True)
+    assert (on_cpu["block_size"], on_cpu["num_gpu_blocks_override"]) == (32, 32)  # ceil(1000/32)
+    assert on_cpu["worker_extension_cls"] == AMX_EXTENSION and "worker_extension_cls" not in kwargs
     assert "num_gpu_blocks_override" not in engine_kwargs(vllm_settings(tmp_path))
     with pytest.raises(ValueError, match="local model directory"):
         engine_kwargs(vllm_settings(tmp_path / "missing"))

@@ -19,6 +19,7 @@ from tests.vllm.vllm_harness import build_model
 
 def main(model_dir: Path) -> None:
     from vllm.engine.arg_utils import AsyncEngineArgs
+    from vllm.platforms import current_platform
 
     build_model(model_dir)
     fields: dict[str, Any] = {
@@ -34,6 +35,7 @@ def main(model_dir: Path) -> None:
         "block_size": config.cache_config.block_size,
         "max_num_seqs": config.scheduler_config.max_num_seqs,
         "max_model_len": config.model_config.max_model_len,
+        "cpu": current_platform.is_cpu(),
     }
     sys.stdout.write(json.dumps(report) + "\n")
 
