@@ -143,6 +143,11 @@ class Metrics:
         self.requests_admitted = self._counter(
             "requests_admitted", "Requests admitted into a batch (first time)"
         ).labels(name)
+        self.request_resubmissions = self._counter(
+            "request_resubmissions",
+            "Requests moved to a live worker after theirs died or hung, to go on from the tokens"
+            " already streamed",
+        ).labels(name)
         for reason in FINISH_REASONS:  # pre-create the series so dashboards see zeros
             self.request_success.labels(name, reason)
         for reason in REJECTION_REASONS:
@@ -190,6 +195,10 @@ class Metrics:
         for gauge in (self.num_requests_running, self.num_requests_waiting):
             _remove(gauge, self.model_name, str(worker_id))
         _remove(self.kv_cache_usage_perc, self.model_name, str(worker_id))
+
+    def observe_resubmission(self) -> None:
+        """Count one request resubmitted after its worker died (lossless failover)."""
+        self.request_resubmissions.inc()
 
     def observe_rejection(self, reason: str) -> None:
         self.admission_rejections.labels(self.model_name, reason).inc()

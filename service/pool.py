@@ -292,6 +292,9 @@ class WorkerPool:
             self._unassign(pending)
             pending.num_resubmits += 1
             pending.resume("decode" if self.settings.prefill_workers else "mixed")
+            observe = getattr(self.metrics, "observe_resubmission", None)
+            if observe is not None:
+                observe()
             logger.debug(
                 "request %s: resubmitted after %d streamed tokens (%s)",
                 pending.request.request_id,
