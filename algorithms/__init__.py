@@ -10,6 +10,7 @@ from typing import Any
 
 from algorithms.amax import AMaxBatchFormer
 from algorithms.amin import AMinBatchFormer
+from algorithms.asf import ASFBatchFormer
 from algorithms.errors import CapacityExceededError, InvalidDecisionError, RequestRejectedError
 from algorithms.fcfs import FCFSBatchFormer
 from algorithms.hsf import HSFBatchFormer
@@ -34,6 +35,7 @@ REGISTRY: dict[str, type[Any]] = {
         AMaxBatchFormer,
         AMinBatchFormer,
         HSFBatchFormer,
+        ASFBatchFormer,
     )
 }
 
