@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 from numpy.typing import NDArray
-from vllm_workloads import BLOCK_SIZE, EVICTING, POLICIES, Job, jobs
+from vllm_workloads import BLOCK_SIZE, EVICTING, POLICIES, TIGHT, Job, jobs
 
 from algorithms import SchedulingLoop, StepResult, make_batch_former
 from algorithms.state import RunningSet
@@ -23,7 +23,7 @@ NUM_BLOCKS = 20
 
 
 def contract_jobs(policy: str) -> list[Job]:
-    return jobs(1, 14, tight=policy == "amin")
+    return jobs(1, 14, tight=policy in TIGHT)
 
 
 def check_accounting(run: dict[str, Any], evicting: bool) -> None:
@@ -97,12 +97,12 @@ def test_front_end_aborts_are_released(vllm_report: dict[str, Any], policy: str)
 
 
 @pytest.mark.parametrize("section", ["chunked", "prefix"])
-@pytest.mark.parametrize("policy", ["fcfs", "amin", "sorted-f-c"])
+@pytest.mark.parametrize("policy", ["fcfs", "amin", "asf", "sorted-f-c"])
 def test_chunked_prefill_and_prefix_cache_hits(
     vllm_report: dict[str, Any], section: str, policy: str
 ) -> None:
     run = vllm_report[section][policy]
-    check_accounting(run, policy == "amin" or run["stats"]["num_forced_evictions"] > 0)
+    check_accounting(run, policy in TIGHT or run["stats"]["num_forced_evictions"] > 0)
     if section == "chunked":
         check_finished(run, jobs(3, 12, tight=True), set())
         assert run["stats"]["num_admissions_deferred"] > 0, "the token budget never bit"
@@ -167,10 +167,10 @@ def test_parity_with_scheduling_loop(vllm_report: dict[str, Any], policy: str) -
     """Same admissions (in order), evictions and finishes, step for step, to the end of the
     run: the loop's resume preemption keeps a victim's tokens as vLLM does."""
     run = vllm_report["parity"][policy]
-    workload = jobs(2, 12, tight=policy == "amin")
+    workload = jobs(2, 12, tight=policy in TIGHT)
     ref = loop_trace(policy, workload, len(run["admitted"]))
     evictions = [s for s, ids in enumerate(ref["evicted"]) if ids]
-    if policy == "amin":  # the tight lower bounds make it evict: the case that matters
+    if policy in TIGHT:  # under-planned intervals make it evict: the case that matters
         assert evictions
     for step in range(len(ref["admitted"])):
         assert run["admitted"][step] == ref["admitted"][step], f"admitted, step {step}"

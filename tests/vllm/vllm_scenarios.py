@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import vllm_harness as h  # noqa: E402
 from vllm.v1.request import RequestStatus  # noqa: E402
-from vllm_workloads import POLICIES, Job, jobs  # noqa: E402
+from vllm_workloads import POLICIES, TIGHT, Job, jobs  # noqa: E402
 
 from service.vllm_ext.config import SchedulerConfigError  # noqa: E402
 from service.vllm_ext.scheduler import KvschedScheduler  # noqa: E402
@@ -120,7 +120,7 @@ def main(model_dir: Path, report_path: Path) -> None:
     report: dict[str, Any] = {"contract": {}, "chunked": {}, "prefix": {}, "abort": {}}
     report["parity"] = {}
     for policy in POLICIES:
-        tight = policy == "amin"
+        tight = policy in TIGHT
         workload = jobs(1, 14, tight=tight)
         report["contract"][policy] = run(model_dir, policy, workload, h.Setup(num_blocks=20))
         parity_jobs = jobs(2, 12, tight=tight)
@@ -136,7 +136,7 @@ def main(model_dir: Path, report_path: Path) -> None:
             model_dir, policy, workload, h.Setup(num_blocks=20), before_step=abort_hook(record)
         )
         report["abort"][policy] = {**trace, **record}
-    for policy in ("fcfs", "amin", "sorted-f-c"):
+    for policy in ("fcfs", "amin", "asf", "sorted-f-c"):
         chunked = h.Setup(num_blocks=24, max_num_seqs=16, max_num_batched_tokens=32)
         report["chunked"][policy] = run(model_dir, policy, jobs(3, 12, tight=True), chunked)
         cached = h.Setup(num_blocks=20, prefix_caching=True)

@@ -10,8 +10,10 @@ import random
 from dataclasses import dataclass
 
 BLOCK_SIZE = 16
-POLICIES = ("vllm", "fcfs", "sf", "mcsf", "sorted-f", "sorted-f-c", "amax", "amin")
-EVICTING = frozenset({"vllm", "sf", "amin"})
+POLICIES = ("vllm", "fcfs", "sf", "mcsf", "sorted-f", "sorted-f-c", "amax", "amin", "asf")
+EVICTING = frozenset({"vllm", "sf", "amin", "asf"})
+# given under-planned intervals (lo = length / 4), so that they must evict
+TIGHT = frozenset({"amin", "asf"})
 
 
 @dataclass(frozen=True, slots=True)
