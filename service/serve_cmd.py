@@ -35,7 +35,7 @@ def add_parser(commands: Any) -> None:
     )
     p.add_argument("--model", help="local Hugging Face model directory (hf, vllm engines)")
     p.add_argument("--served-model-name", help="model name in /v1/models")
-    p.add_argument("--policy", help="batch former (see `kvsched policies`; default amin)")
+    p.add_argument("--policy", help="batch former (see `kvsched policies`; default asf)")
     p.add_argument(
         "--policy-param",
         dest="policy_params",

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     engine: Literal["sim", "hf", "vllm", "openai-upstream"] = "sim"
     model: str | None = Field(None, description="local model directory (hf, vllm engines)")
     served_model_name: str | None = Field(None, description="name in /v1/models; default derived")
-    policy: str = "amin"
+    policy: str = "asf"
     policy_params: dict[str, str | int | float | bool] = Field(default_factory=dict)
     workers: int = Field(1, ge=1, le=64)
     cost_model: str = "llama3-8b-h100"

@@ -2,7 +2,7 @@
 
 Read once when vLLM builds the scheduler (docs/vllm.md, "Configuration"). Precedence: the
 file named by KVSCHED_SCHEDULER_CONFIG, then KVSCHED_POLICY / KVSCHED_POLICY_PARAMS on top;
-the default policy is `amin`, as for `kvsched serve`. Every error is one line naming its source.
+the default policy is `asf`, as for `kvsched serve`. Every error is one line naming its source.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from algorithms.protocols import BatchFormer
 CONFIG_ENV = "KVSCHED_SCHEDULER_CONFIG"
 POLICY_ENV = "KVSCHED_POLICY"
 PARAMS_ENV = "KVSCHED_POLICY_PARAMS"
-DEFAULT_POLICY = "amin"
+DEFAULT_POLICY = "asf"
 _FILE_KEYS = frozenset({"policy", "policy_params"})
 
 

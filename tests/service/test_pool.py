@@ -69,7 +69,7 @@ def test_pool_serves_50_concurrent_requests_and_cancel_frees_the_worker() -> Non
     run(scenario, pool)
     generated: dict[int, int] = {}
     for stats, policy in metrics.reports:
-        assert policy == "amin"
+        assert policy == "asf"
         generated[stats.worker_id] = generated.get(stats.worker_id, 0) + stats.generation_tokens
     assert set(generated) == {0, 1}  # both workers served
     assert sum(generated.values()) >= sum(output_length(r, 0) for r in requests)

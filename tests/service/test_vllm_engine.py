@@ -151,4 +151,4 @@ def test_serves_a_tiny_model_with_our_scheduler(vllm_server: str) -> None:
     assert text == answer["choices"][0]["text"]  # greedy: the same tokens both times
     state = httpx.get(f"{vllm_server}/v1/scheduler", timeout=10).json()
     assert state["engine"] == "vllm" and state["scheduler_cls"] == SCHEDULER_CLS
-    assert state["policy"] == "amin" and state["num_requests"] == 0
+    assert state["policy"] == "asf" and state["num_requests"] == 0

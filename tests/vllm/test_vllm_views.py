@@ -72,7 +72,7 @@ def test_shift_interval_keeps_at_least_one_token() -> None:
 
 
 def test_settings_from_env_and_file(tmp_path: Path) -> None:
-    assert load_settings({}).policy == "amin"
+    assert load_settings({}).policy == "asf"
     config = tmp_path / "sched.json"
     config.write_text('{"policy": "fcfs", "policy_params": {"skip_on_failure": true}}')
     settings = load_settings({"KVSCHED_SCHEDULER_CONFIG": str(config)})
