@@ -31,8 +31,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from algorithms import CLAIRVOYANT, REGISTRY
+
 ROOT = Path(__file__).resolve().parent.parent
-POLICIES = ("vllm", "fcfs", "sf", "mcsf", "sorted-f", "sorted-f-c", "amax", "amin")
+# every registered policy the plug-in accepts (clairvoyant ones need the true lengths)
+POLICIES = tuple(name for name in REGISTRY if name not in CLAIRVOYANT)
 STATES = ((256, 1_000), (512, 10_000))
 TARGET_RATIO = 1.2
 AMIN_TARGET_MS = 2.0
