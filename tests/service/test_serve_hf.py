@@ -102,4 +102,4 @@ def test_many_concurrent_requests_all_complete_under_a_small_kv_budget(server: s
         counts = list(pool.map(one, range(12)))
     assert counts == [20 + i for i in range(12)]
     scheduler = httpx.get(f"{server}/v1/scheduler").json()
-    assert scheduler["policy"] == "asf" and scheduler["num_requests"] == 0
+    assert scheduler["policy"] == "amin" and scheduler["num_requests"] == 0

@@ -79,7 +79,9 @@ def test_settings_from_env_and_file(tmp_path: Path) -> None:
     assert settings.policy == "fcfs" and settings.policy_params == {"skip_on_failure": True}
     env = {"KVSCHED_SCHEDULER_CONFIG": str(config), "KVSCHED_POLICY": "mcsf"}
     assert load_settings(env).policy == "mcsf"
-    assert load_settings({"KVSCHED_POLICY_PARAMS": '{"bound_after_eviction": "g+1"}'})
+    env = {"KVSCHED_POLICY": "amin", "KVSCHED_POLICY_PARAMS": '{"bound_after_eviction": "g+1"}'}
+    assert load_settings(env).policy_params == {"bound_after_eviction": "g+1"}
+    assert load_settings({"KVSCHED_POLICY_PARAMS": '{"wait_weight": 4}'}).policy == "asf"
 
 
 @pytest.mark.parametrize(
@@ -87,7 +89,7 @@ def test_settings_from_env_and_file(tmp_path: Path) -> None:
     [
         ({"KVSCHED_POLICY": "nope"}, "unknown policy 'nope'"),
         ({"KVSCHED_POLICY": "hsf"}, "needs the true output lengths"),
-        ({"KVSCHED_POLICY_PARAMS": '{"colour": 1}'}, "policy 'amin'"),
+        ({"KVSCHED_POLICY_PARAMS": '{"colour": 1}'}, "policy 'asf'"),
         ({"KVSCHED_POLICY_PARAMS": "[1]"}, "KVSCHED_POLICY_PARAMS: expected a JSON object"),
         ({"KVSCHED_SCHEDULER_CONFIG": "/no/such/file"}, "cannot read"),
     ],
