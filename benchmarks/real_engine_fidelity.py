@@ -26,7 +26,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _openai_stream import client, free_port, stream_completion, vllm_cpu_python
 from numpy.typing import NDArray
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,12 +55,6 @@ def env() -> dict[str, str]:
     return out
 
 
-def venv_python() -> Path:
-    done = subprocess.run([str(ROOT / ".ci/vllm-cpu-env.sh")], capture_output=True, text=True,
-                          check=True)  # fmt: skip
-    return Path(done.stdout.strip().splitlines()[-1])
-
-
 def workload(args: argparse.Namespace) -> list[dict[str, Any]]:
     rng = np.random.default_rng(args.seed)
     gaps = rng.exponential(1.0 / args.rate, args.requests)
@@ -75,43 +69,13 @@ def workload(args: argparse.Namespace) -> list[dict[str, Any]]:
     return out
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-async def one(
-    client: httpx.AsyncClient, url: str, req: dict[str, Any], t0: float
-) -> dict[str, Any]:
-    await asyncio.sleep(max(0.0, t0 + req["arrival_s"] - time.perf_counter()))
-    sent = time.perf_counter()
-    body = {
-        "model": "tiny", "prompt": req["prompt"], "max_tokens": req["max_tokens"],
-        "ignore_eos": True, "stream": True, "stream_options": {"include_usage": True},
-    }  # fmt: skip
-    first, usage, error = None, {}, None
-    try:
-        async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
-            if response.status_code != 200:
-                error = f"{response.status_code}: {(await response.aread())[:200]!r}"
-            async for line in response.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                if "error" in chunk:
-                    error = str(chunk["error"])
-                if first is None and any(c.get("text") for c in chunk.get("choices", [])):
-                    first = time.perf_counter()
-    except httpx.HTTPError as exc:
-        error = repr(exc)
-    done = time.perf_counter()
-    return {"index": req["index"], "ttft_s": (first or done) - sent, "e2e_s": done - sent,
-            "prompt_tokens": usage.get("prompt_tokens"), "error": error,
-            "completion_tokens": usage.get("completion_tokens", 0)}  # fmt: skip
+async def one(http: httpx.AsyncClient, url: str, req: dict[str, Any], t0: float) -> dict[str, Any]:
+    body = {"model": "tiny", "prompt": req["prompt"], "max_tokens": req["max_tokens"],
+            "ignore_eos": True}  # fmt: skip
+    got = await stream_completion(http, url, body, t0 + req["arrival_s"])
+    return {"index": req["index"], "ttft_s": got.ttft_s, "e2e_s": got.e2e_s,
+            "prompt_tokens": got.usage.get("prompt_tokens"), "error": got.error,
+            "completion_tokens": got.usage.get("completion_tokens", 0)}  # fmt: skip
 
 
 def served(policy: str, python: Path, model: Path, reqs: list[dict[str, Any]],
@@ -156,12 +120,11 @@ def served(policy: str, python: Path, model: Path, reqs: list[dict[str, Any]],
 async def replay(
     url: str, reqs: list[dict[str, Any]], spacing: bool = False
 ) -> list[dict[str, Any]]:
-    limits = httpx.Limits(max_connections=None)
-    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+    async with client(timeout_s=600) as http:
         t0 = time.perf_counter()
         if spacing:
             reqs = [{**r, "arrival_s": 0.0} for r in reqs]
-        return list(await asyncio.gather(*(one(client, url, r, t0) for r in reqs)))
+        return list(await asyncio.gather(*(one(http, url, r, t0) for r in reqs)))
 
 
 def summary(
@@ -263,7 +226,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args()
     policies = args.policies.split(",")
-    python = venv_python()
+    python = vllm_cpu_python("real_engine_fidelity")
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)

