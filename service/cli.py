@@ -11,7 +11,15 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service import bench_cmd, plan_cmd, predictor_cmd, profile_cmd, serve_cmd, simulate_cmd
+from service import (
+    bench_cmd,
+    plan_cmd,
+    predictor_cmd,
+    profile_cmd,
+    replan_cmd,
+    serve_cmd,
+    simulate_cmd,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_parser(commands)
     bench_cmd.add_parser(commands)
     plan_cmd.add_parser(commands)
+    replan_cmd.add_parser(commands)
     profile_cmd.add_parser(commands)
     listing = commands.add_parser("policies", help="list the batch formers and their parameters")
     listing.set_defaults(handler=simulate_cmd.list_policies)

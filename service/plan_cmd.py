@@ -40,7 +40,11 @@ def add_parser(commands: Any) -> None:
     p.add_argument("--trace", required=True, help="trace with input/output lengths")
     p.add_argument("--format", choices=FORMATS, help="trace format (default: detect)")
     p.add_argument(
-        "--profile", required=True, help=f"cost model: preset ({', '.join(PRESETS)}) or .toml/.json"
+        "--cost-model",
+        "--profile",  # the older spelling, still accepted
+        dest="cost_model",
+        required=True,
+        help=f"cost model, as for simulate: preset ({', '.join(PRESETS)}) or .toml/.json profile",
     )
     p.add_argument("--gpus", type=int, required=True, help="devices (cost-model workers), N")
     p.add_argument("--latency-target-s", type=float, required=True, help="bound on the S99 output")
@@ -116,14 +120,14 @@ def _total(result: SearchResult) -> float:
 def _no_plan(args: argparse.Namespace, evaluator: Evaluator) -> ValueError:
     return ValueError(
         f"no configuration meets --latency-target-s {args.latency_target_s:g} on {args.gpus} "
-        f"devices with {args.profile} for {args.trace} (fastest evaluated: "
+        f"devices with {args.cost_model} for {args.trace} (fastest evaluated: "
         f"{evaluator.min_latency_s():.3g} s); raise the target or add devices"
     )
 
 
 def run(args: argparse.Namespace) -> int:
     _check_args(args)
-    cost = load_cost_model(args.profile)
+    cost = load_cost_model(args.cost_model)
     weights = args.weight_kv_tokens
     if weights is None:
         weights = PRESET_WEIGHT_KV_TOKENS.get(cost.name, 0)
@@ -189,7 +193,13 @@ def _document(
             "p99_output_tokens": workload.p99_output_tokens,
         },
         "cost_model": cost,
+        "cost_model_source": args.cost_model,
         "cluster": dataclasses.asdict(cluster),
+        # the sample the plan was made for: `kvsched replan` compares recent traffic with it
+        "reference": {
+            "prompt_tokens": workload.prompt_tokens.tolist(),
+            "output_tokens": workload.output_tokens.tolist(),
+        },
         "serve": serve_section(config, result.replicas, workload.mean_prompt_tokens, cost),
     }
 

@@ -16,7 +16,7 @@ def test_plan_writes_the_documented_json(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "plan.json"
-    argv = ["plan", "--trace", TRACE, "--profile", "llama3-8b-h100", "--gpus", "4"]
+    argv = ["plan", "--trace", TRACE, "--cost-model", "llama3-8b-h100", "--gpus", "4"]
     code = main([*argv, "--latency-target-s", "10", "--samples", "200", "--json", str(out)])
     assert code == 0
     doc = json.loads(out.read_text())
