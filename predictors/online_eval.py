@@ -81,6 +81,6 @@ def evaluate_online(
             }
         )
     report["blocks"] = blocks
-    report["online"] = {"step": calibrator.step, "window": calibrator.window}
-    report["online"].update(calibrator.summary())
+    report["calibrator"] = {"step": calibrator.step, "window": calibrator.window}
+    report["calibrator"].update(calibrator.summary())
     return report

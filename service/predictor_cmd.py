@@ -97,6 +97,19 @@ def _add_eval(actions: Any) -> None:
     p.add_argument("--json", type=Path, help="write the full evaluation here")
     p.add_argument("--plot", type=Path, help="write a PNG: intervals vs true lengths, survivors")
     p.add_argument("--max-tokens", type=int, default=DEFAULT_MAX_TOKENS)
+    p.add_argument(
+        "--online",
+        action="store_true",
+        help="replay the data in order with online recalibration, as kvsched serve does: each "
+        "row is predicted before its completion updates the calibrator",
+    )
+    p.add_argument(
+        "--online-step",
+        type=float,
+        default=None,
+        metavar="X",
+        help="with --online: step size of the per-side adjustment (log space, default 0.2)",
+    )
     p.set_defaults(handler=run_eval)
 
 
@@ -215,25 +228,88 @@ def run_eval(args: argparse.Namespace) -> int:
     from predictors.evaluate import evaluate
 
     _check_max_tokens(args.max_tokens)
+    if args.online_step is not None and not args.online:
+        raise ValueError("--online-step needs --online")
     model = load_predictor(args.model)
     samples = load_data([args.data])
-    report = evaluate(model, samples, max_tokens=args.max_tokens)
     name = f"default ({DEFAULT_MODEL_PATH})" if args.model == DEFAULT_NAME else args.model
     print(f"model {name}: {_model_summary(model)}")
     print(f"data {args.data}: {_describe(samples)}")
-    print("\n".join(format_report(report, _target(model), args.max_tokens)))
+    if args.online:
+        report = _eval_online(model, samples, args)
+    else:
+        report = evaluate(model, samples, max_tokens=args.max_tokens)
+        print("\n".join(format_report(report, _target(model), args.max_tokens)))
     if args.json:
         document = {
             "model": str(args.model),
             "data": str(args.data),
             "max_tokens": args.max_tokens,
             "target_coverage": _target(model),
+            "mode": "online" if args.online else "offline",
             **report,
         }
         args.json.write_text(json.dumps(document, indent=2) + "\n")
-    if args.plot:
+    if args.plot and args.online:
+        plot_online(report, args.plot, _target(model))
+    elif args.plot:
         plot_eval(model, samples, report, args.plot, max_tokens=args.max_tokens)
     return 0
+
+
+def _eval_online(
+    model: LengthModel, samples: LengthSamples, args: argparse.Namespace
+) -> dict[str, Any]:
+    """Replay `samples` in order through online recalibration; print its lines."""
+    from predictors.online import DEFAULT_STEP
+    from predictors.online_eval import evaluate_online
+
+    step = DEFAULT_STEP if args.online_step is None else args.online_step
+    if not 0.0 < step <= 1.0:
+        raise ValueError(f"--online-step must be in (0, 1], got {step}")
+    report = evaluate_online(model, samples, max_tokens=args.max_tokens, step=step)
+    target, after, state = _target(model), report["after_warmup"], report["calibrator"]
+    print(f"  online replay in data order (step {step:g}), {report['n']:,} completions:")
+    print(f"  whole stream: {_online_line(report, target)}")
+    if after["n"]:
+        print(f"  after the first {after['warmup']}: {_online_line(after, target)}")
+    print(
+        f"  final adjustment (log1p): lo {state['delta_lo']:+.3f}, hi {state['delta_hi']:+.3f};"
+        f" {state['censored']:,} censored at max_tokens"
+    )
+    return report
+
+
+def _online_line(stats: dict[str, Any], target: float) -> str:
+    return (
+        f"coverage {stats['coverage']:.3f} (target {target:.2f}), miss_below_lo "
+        f"{stats['miss_below_lo']:.3f}, miss_above_hi {stats['miss_above_hi']:.3f}, median "
+        f"alpha {stats['median_alpha']:.3f}, tau lo {_fmt(stats['kendall_tau_lo'])}, tau hi "
+        f"{_fmt(stats['kendall_tau_hi'])}"
+    )
+
+
+def plot_online(report: dict[str, Any], path: Path, target: float) -> None:
+    """PNG: coverage and each side's miss rate per block of the replayed stream."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    blocks = report["blocks"]
+    x = [b["start"] + b["n"] for b in blocks]
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    ax.plot(x, [b["coverage"] for b in blocks], "o-", label="coverage")
+    ax.plot(x, [b["miss_below_lo"] for b in blocks], "v-", label="miss below lo")
+    ax.plot(x, [b["miss_above_hi"] for b in blocks], "^-", label="miss above hi")
+    ax.axhspan(0.85, 0.95, color="tab:green", alpha=0.1)
+    ax.axhline(target, color="gray", linestyle=":", label=f"target {target:.2f}")
+    ax.set(xlabel="completions", ylabel="per block of 100", ylim=(0.0, 1.02))
+    ax.set_title("online recalibration over the replayed stream")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _plot_intervals(ax: Any, model: LengthModel, samples: LengthSamples, max_tokens: int) -> None:
