@@ -54,6 +54,33 @@ UNCAPPED: Final = 1 << 40  # max_tokens given to the wrapped model: its raw inte
 Outcome = Literal["covered", "miss", "unknown"]
 
 
+class StateMismatchError(ValueError):
+    """A saved state of this format, made for another model or other miss budgets."""
+
+
+def budgets_of(predictor: object) -> tuple[float, float]:
+    """(d_lo, d_hi) a predictor promises (its `d_lo` / `d_hi`; 5% + 5% when it does not say)."""
+    d_lo, d_hi = getattr(predictor, "d_lo", 0.05), getattr(predictor, "d_hi", 0.05)
+    return float(d_lo), float(d_hi)
+
+
+def write_state(path: str | Path, state: dict[str, Any]) -> None:
+    """Write `state` as JSON atomically (temp file in the same folder, fsync, rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            json.dump(state, out, indent=1)
+            out.write("\n")
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
 @dataclass(frozen=True, slots=True)
 class Observation:
     """What one finished request said about each side of its interval."""
@@ -229,12 +256,12 @@ class OnlineCalibrator:
             if data.get("format") != STATE_FORMAT or data.get("version") != STATE_VERSION:
                 raise ValueError(f"not a {STATE_FORMAT} v{STATE_VERSION} state")
             if (float(data["d_lo"]), float(data["d_hi"])) != (self.d_lo, self.d_hi):
-                raise ValueError(
+                raise StateMismatchError(
                     f"made for budgets d_lo {data['d_lo']}, d_hi {data['d_hi']}, "
                     f"not {self.d_lo}, {self.d_hi}"
                 )
             if str(data["fingerprint"]) != self.fingerprint:
-                raise ValueError("made for another model")
+                raise StateMismatchError("made for another model")
             censored = int(data["censored"])
             if censored < 0:
                 raise ValueError("negative censored count")
@@ -246,23 +273,12 @@ class OnlineCalibrator:
 
     def save(self, path: str | Path) -> None:
         """Write the state as JSON atomically: a reader sees the old file or the new one."""
-        target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(self.to_json(), out, indent=1)
-                out.write("\n")
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_state(path, self.to_json())
 
     def load(self, path: str | Path) -> bool:
         """Restore from `path`; False when there is no file. ValueError (naming the file) for
-        a file that is not a state of this calibrator's model and budgets."""
+        a file that is not a state of this calibrator's model and budgets: StateMismatchError
+        when it is one, made for another model or other budgets)."""
         target = Path(path)
         try:
             text = target.read_text(encoding="utf-8")
@@ -275,6 +291,8 @@ class OnlineCalibrator:
             if not isinstance(data, dict):
                 raise ValueError("not a JSON object")
             self.restore(data)
+        except StateMismatchError as exc:
+            raise StateMismatchError(f"{target}: {exc}") from exc
         except ValueError as exc:  # JSONDecodeError is a ValueError
             raise ValueError(f"{target}: {str(exc).splitlines()[0]}") from exc
         return True

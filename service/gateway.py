@@ -19,6 +19,7 @@ from service.completion_log import CompletionLog
 from service.engines.base import Tokenizer
 from service.errors import ApiError
 from service.metrics import Metrics, RequestObserver
+from service.online_calibration import OnlineFeedback
 from service.predict_batcher import IntervalBatcher
 from service.protocol import Backend, FinishReason, GenerationRequest, TokenEvent
 from service.settings import Settings
@@ -97,6 +98,8 @@ class Gateway:
         self.settings = settings
         self.backend = backend
         self.tokenizer = tokenizer
+        self.online = OnlineFeedback.create(settings, predictor, metrics)
+        predictor = self.online.predictor  # the predictor behind online recalibration, if on
         self.batcher = IntervalBatcher(predictor) if predictor is not None else None
         self.metrics = metrics
         self.model_name = settings.model_name
@@ -119,6 +122,7 @@ class Gateway:
         self._draining = True
         await self.backend.stop(self.settings.shutdown_grace_s)
         self.completion_log.close()
+        self.online.close()
 
     def is_ready(self) -> bool:
         return not self._draining and self.backend.is_ready()
@@ -173,6 +177,7 @@ class Gateway:
             except (ValueError, UnicodeError):
                 logger.warning("predictor failed on request %s", request_id, exc_info=True)
         lo, hi = clamp_interval(predicted, max_tokens, options)
+        self.online.note(request_id, predicted, (lo, hi))
         return GenerationRequest(
             request_id=request_id,
             prompt_token_ids=tuple(token_ids),
@@ -275,6 +280,7 @@ class Job:
         self.num_output_tokens = max(self.num_output_tokens, event.num_output_tokens)
         self._observer.on_finish(reason, self.num_output_tokens, now_s)
         self._gateway.completion_log.record(self)
+        self._gateway.online.finish(self.request.request_id, reason, self.num_output_tokens)
         self.error = (event.error or "generation failed") if reason == "error" else None
         self.error_status = event.http_status if reason == "error" else None
         return Delta(text, reason, self.error)
@@ -284,6 +290,7 @@ class Job:
         if self._closed:
             return
         self._closed = True
+        self._gateway.online.forget(self.request.request_id)
         try:
             if self.finish_reason is None:
                 self._observer.on_finish("abort", self.num_output_tokens, time.time())

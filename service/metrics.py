@@ -154,6 +154,41 @@ class Metrics:
             self.admission_rejections.labels(name, reason)
         for side in ("below", "above"):
             self.interval_misses.labels(name, side)
+        self._online_calibration_metrics()
+
+    def _online_calibration_metrics(self) -> None:
+        self.online_coverage = self._gauge(
+            "interval_online_coverage",
+            "Online recalibration: 1 - miss rate of one side of the interval (lo: y < lo, hi:"
+            " y > hi) over the last 200 finished requests that decided it",
+            "side",
+        )
+        self.online_offset = self._gauge(
+            "interval_online_offset",
+            "Online recalibration: log1p-space widening of one side of the model's interval"
+            " (0 = as calibrated offline, > 0 wider, < 0 narrower)",
+            "side",
+        )
+        self.online_observations = self._counter(
+            "interval_online_observations",
+            "Finished requests fed to online recalibration (censored: finish reason length)",
+            "censored",
+        )
+
+    def observe_online_calibration(
+        self, summary: dict[str, Any], *, censored: bool | None = None
+    ) -> None:
+        """Publish an `OnlineCalibrator.summary()`; count a fed request unless censored is None."""
+        name = self.model_name
+        for side in ("lo", "hi"):
+            self.online_offset.labels(name, side).set(summary[f"delta_{side}"])
+            coverage = summary[f"running_coverage_{side}"]
+            if coverage is not None:
+                self.online_coverage.labels(name, side).set(coverage)
+        for flag in ("false", "true"):  # pre-create both series
+            self.online_observations.labels(name, flag)
+        if censored is not None:
+            self.online_observations.labels(name, "true" if censored else "false").inc()
 
     def observe_worker(self, stats: WorkerStats, policy: str) -> None:
         """Apply one worker report: set its gauges, add its counters since the last report.

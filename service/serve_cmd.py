@@ -128,6 +128,22 @@ def _add_server_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speedup", type=float, help="sim engine: run this many times faster")
     p.add_argument("--sim-output-lengths", type=Path, help="sim engine: trace to draw lengths from")
     p.add_argument("--predictor", help="length predictor: default, a .kvp file, or none")
+    p.add_argument(
+        "--online-calibration",
+        action=argparse.BooleanOptionalAction,
+        help="recalibrate the predictor's intervals from each finished request's length "
+        "(default on; --no-online-calibration keeps the model's offline calibration)",
+    )
+    p.add_argument(
+        "--online-calibration-step",
+        type=float,
+        help="online recalibration step size, log space (default 0.2)",
+    )
+    p.add_argument(
+        "--online-calibration-state",
+        type=Path,
+        help="JSON file the online recalibration is loaded from and saved to (default: none)",
+    )
     p.add_argument("--max-queue", type=int, help="accepted but unfinished requests, max")
     p.add_argument("--max-body-bytes", type=int, help="largest request body (413 beyond)")
     p.add_argument(

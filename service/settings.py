@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     speedup: float = Field(1.0, gt=0, description="sim engine: run this many times faster")
     sim_output_lengths: Path | None = Field(None, description="trace whose lengths sim samples")
     predictor: str = Field("default", description="'default', a .kvp path, or 'none'")
+    online_calibration: bool = Field(
+        True, description="recalibrate the predictor's intervals from finished requests"
+    )
+    online_calibration_step: float = Field(
+        0.2, gt=0, le=1, description="online recalibration step (log space)"
+    )
+    online_calibration_state: Path | None = Field(
+        None, description="JSON file keeping the online recalibration across restarts"
+    )
     max_queue: int = Field(4096, ge=1, description="accepted but unfinished requests, max")
     max_body_bytes: int = Field(1 << 20, ge=1024)
     api_keys: tuple[str, ...] = ()

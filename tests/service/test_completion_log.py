@@ -42,7 +42,10 @@ async def _complete(client: httpx.AsyncClient, i: int, max_tokens: int) -> None:
 
 async def test_five_requests_give_five_loadable_lines(tmp_path: Path) -> None:
     log = tmp_path / "logs" / "completions.jsonl"
-    app, _ = make_app(FakeBackend(num_tokens=5), FakePredictor(2, 4), completion_log=log)
+    # the predictor's fixed interval (online recalibration off) is what each line must carry
+    app, _ = make_app(
+        FakeBackend(num_tokens=5), FakePredictor(2, 4), completion_log=log, online_calibration=False
+    )
     max_tokens = [2, 3, 8, 9, 10]
     async with serve(app) as client:
         for i, cap in enumerate(max_tokens):

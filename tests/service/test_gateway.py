@@ -7,6 +7,7 @@ import asyncio
 import httpx
 import pytest
 
+from predictors.online import UNCAPPED
 from tests.service.fakes import MODEL, FakeBackend, FakePredictor, make_app, parse_sse, serve
 
 pytestmark = pytest.mark.anyio
@@ -142,7 +143,8 @@ async def test_interval_comes_from_predictor_widened_by_length_hint(
     assert (backend.requests[0].lo, backend.requests[0].hi) == expected
     batch = predictor.batches[0]
     assert batch.prompts == ("say three words",) and batch.models == (MODEL,)
-    assert list(batch.prompt_tokens) == [3] and list(batch.max_tokens) == [30]
+    # online recalibration (on by default) asks for the model's uncapped interval, then caps
+    assert list(batch.prompt_tokens) == [3] and list(batch.max_tokens) == [UNCAPPED]
 
 
 async def test_length_hint_without_predictor_is_the_interval() -> None:

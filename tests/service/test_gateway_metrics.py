@@ -35,7 +35,8 @@ def value(text: str, name: str, **labels: str) -> float:
 
 async def test_metrics_after_traffic_carry_vllm_names_and_ours() -> None:
     backend = FakeBackend(num_tokens=3)
-    app, _ = make_app(backend, predictor=FakePredictor(1, 2), max_queue=2)
+    # a fixed interval (online recalibration off) so that every request misses above hi
+    app, _ = make_app(backend, predictor=FakePredictor(1, 2), max_queue=2, online_calibration=False)
     payload = {"model": MODEL, "prompt": "a b c d", "max_tokens": 8}
     async with serve(app) as client:
         for stream in (False, True):
