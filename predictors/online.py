@@ -352,3 +352,34 @@ def replay(
             int(lo_i[0]), int(hi_i[0]), min(y, int(cap[0])), censored=y >= int(cap[0])
         )
     return lo_out, hi_out
+
+
+@dataclass(frozen=True, slots=True)
+class OnlineIntervals:
+    """A stream's model intervals (uncapped) and caps, to be served through a fresh
+    `OnlineCalibrator` per run: what the simulator uses so that it runs serving's calibrator."""
+
+    base_lo: IntArray
+    base_hi: IntArray
+    max_tokens: IntArray
+    d_lo: float
+    d_hi: float
+    step: float = DEFAULT_STEP
+
+    def calibrator(self) -> OnlineCalibrator:
+        return OnlineCalibrator(self.d_lo, self.d_hi, step=self.step)
+
+    def interval(self, calibrator: OnlineCalibrator, i: int) -> tuple[int, int]:
+        """Request i's interval under the calibrator's current adjustment."""
+        row = slice(i, i + 1)
+        lo, hi = calibrator.apply(self.base_lo[row], self.base_hi[row], self.max_tokens[row])
+        return int(lo[0]), int(hi[0])
+
+    @classmethod
+    def predict(
+        cls, predictor: IntervalPredictor, batch: PromptBatch, step: float = DEFAULT_STEP
+    ) -> OnlineIntervals:
+        """The base intervals of `batch` from `predictor` (its budgets), capped per request."""
+        online = OnlinePredictor(predictor, OnlineCalibrator(*budgets_of(predictor), step=step))
+        lo, hi = online.base_intervals(batch)
+        return cls(lo, hi, batch.max_tokens.copy(), *budgets_of(predictor), step)

@@ -41,7 +41,8 @@ def add_parser(commands: Any) -> None:
         "--intervals",
         default="exact",
         help="exact | given | alpha=X | bins | global, optionally ',miss=P'; or model=PATH|default "
-        "(a learned predictor; needs prompts in the trace, and refines running requests)",
+        "(a learned predictor; needs prompts in the trace, and refines running requests), "
+        "optionally ',online' (recalibrated from each finished request, as kvsched serve does)",
     )
     p.add_argument(
         "--cost-model",

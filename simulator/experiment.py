@@ -19,6 +19,7 @@ from tqdm import tqdm
 from algorithms.protocols import IntervalRefiner
 from predictors.base import IntervalPredictor, PromptBatch
 from predictors.intervals import make_intervals
+from predictors.online import OnlineIntervals
 from simulator.arrivals import with_arrivals
 from simulator.cost_model import CostModel
 from simulator.run import SimResult, Workload, simulate
@@ -36,6 +37,19 @@ class ArrivalControl:
 
 
 MODEL_PREFIX = "model="
+ONLINE_OPTION = "online"
+
+
+def parse_model_spec(intervals: str) -> tuple[str, bool]:
+    """`model=PATH[,online]` -> (PATH, online); ValueError on any other option."""
+    path, *options = (part.strip() for part in intervals.removeprefix(MODEL_PREFIX).split(","))
+    unknown = [o for o in options if o != ONLINE_OPTION]
+    if not path or unknown or len(options) > 1:
+        raise ValueError(
+            f"interval spec {intervals!r}: expected model=PATH|default, optionally followed by "
+            f"',{ONLINE_OPTION}' (online recalibration as in kvsched serve)"
+        )
+    return path, bool(options)
 
 
 def interval_model(intervals: str) -> IntervalPredictor | None:
@@ -44,27 +58,30 @@ def interval_model(intervals: str) -> IntervalPredictor | None:
         return None
     from predictors.default import load_predictor  # LightGBM loads only when asked for
 
-    predictor: IntervalPredictor = load_predictor(intervals.removeprefix(MODEL_PREFIX))
+    predictor: IntervalPredictor = load_predictor(parse_model_spec(intervals)[0])
     return predictor
 
 
-def predicted_intervals(
-    trace: Trace, predictor: IntervalPredictor, kv_capacity_tokens: int | None
-) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
-    """Ask a learned predictor for every request's interval; the trace must carry prompts."""
+def _prompt_batch(trace: Trace, kv_capacity_tokens: int | None) -> PromptBatch:
     if trace.prompts is None:
         raise ValueError(
             f"{trace.source}: --intervals model=... needs prompt texts in the trace "
             "(a canonical JSONL trace with a 'prompt' field on every record)"
         )
     cap = (kv_capacity_tokens or 1 << 30) - trace.prompt_tokens
-    batch = PromptBatch(
+    return PromptBatch(
         trace.prompts,
         np.array(trace.prompt_tokens, dtype=np.int64),
         trace.models or ("",) * len(trace),
         np.maximum(cap, 1).astype(np.int64),
     )
-    return predictor.predict(batch)
+
+
+def predicted_intervals(
+    trace: Trace, predictor: IntervalPredictor, kv_capacity_tokens: int | None
+) -> tuple[NDArray[np.int64], NDArray[np.int64]]:
+    """Ask a learned predictor for every request's interval; the trace must carry prompts."""
+    return predictor.predict(_prompt_batch(trace, kv_capacity_tokens))
 
 
 def build_workload(
@@ -92,10 +109,16 @@ def build_workload(
         limit=arrivals.limit,
         seed=seed,
     )
+    online: OnlineIntervals | None = None
     if intervals.startswith(MODEL_PREFIX):
         predictor = predictor or interval_model(intervals)
         assert predictor is not None
-        lo, hi = predicted_intervals(trace, predictor, kv_capacity_tokens)
+        batch = _prompt_batch(trace, kv_capacity_tokens)
+        if parse_model_spec(intervals)[1]:  # the intervals before anything is learned
+            online = OnlineIntervals.predict(predictor, batch)
+            lo, hi = online.calibrator().apply(online.base_lo, online.base_hi, online.max_tokens)
+        else:
+            lo, hi = predictor.predict(batch)
     else:
         given = (trace.lo, trace.hi) if trace.lo is not None and trace.hi is not None else None
         lo, hi = make_intervals(intervals, trace.output_tokens, seed=seed, given=given)
@@ -109,6 +132,7 @@ def build_workload(
         np.array(trace.output_tokens, dtype=np.int64),
         lo,
         hi,
+        online,
     )
 
 

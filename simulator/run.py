@@ -24,6 +24,7 @@ from algorithms import (
     make_batch_former,
 )
 from algorithms.protocols import IntervalRefiner
+from predictors.online import OnlineCalibrator, OnlineIntervals
 from simulator.cost_model import CostModel
 from simulator.executor import SimulatedExecutor
 from simulator.metrics import RequestLog, summarize
@@ -34,13 +35,18 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """Requests to replay; request i has id i. `lo`/`hi` are what the policies may see."""
+    """Requests to replay; request i has id i. `lo`/`hi` are what the policies may see.
+
+    With `online`, request i's interval is instead computed when it arrives, by a calibrator
+    (fresh for every run) that each finished request has updated (`--intervals model=...,online`).
+    """
 
     arrival_s: NDArray[np.float64]
     prompt_tokens: IntArray
     output_tokens: IntArray
     lo: IntArray
     hi: IntArray
+    online: OnlineIntervals | None = None
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -67,6 +73,7 @@ class SimResult:
     policy: str
     summary: dict[str, Any]
     log: RequestLog
+    online_intervals: tuple[IntArray, IntArray] | None = None  # given at arrival, with online
 
 
 def simulate(
@@ -104,22 +111,78 @@ def simulate(
         preemption=preemption,
     )
     log = RequestLog(workload.arrival_s.astype(np.float64), workload.output_tokens)
+    online = _Online(workload) if workload.online is not None else None
     started = time.perf_counter()
-    _run(loop, workload, log, progress or (lambda _: None))
+    _run(loop, workload, log, progress or (lambda _: None), online)
     wall_s = time.perf_counter() - started
-    return SimResult(policy, summarize(log, capacity, wall_s), log)
+    summary = summarize(log, capacity, wall_s)
+    if online is None:
+        return SimResult(policy, summary, log)
+    summary["online_calibration"] = online.summary()
+    return SimResult(policy, summary, log, (online.given_lo, online.given_hi))
 
 
-def _run(loop: SchedulingLoop, workload: Workload, log: RequestLog, progress: Progress) -> None:
+class _Online:
+    """One run's online recalibration: intervals at arrival, updates at completion."""
+
+    def __init__(self, workload: Workload) -> None:
+        assert workload.online is not None
+        self.intervals = workload.online
+        self.calibrator: OnlineCalibrator = workload.online.calibrator()
+        self.output_tokens = workload.output_tokens
+        self.issued: dict[int, tuple[int, int]] = {}
+        self.covered = 0
+        self.given_lo = workload.lo.copy()
+        self.given_hi = workload.hi.copy()
+
+    def request(self, workload: Workload, i: int) -> WaitingRequest:
+        lo, hi = self.issued[i] = self.intervals.interval(self.calibrator, i)
+        self.given_lo[i], self.given_hi[i] = lo, hi
+        return WaitingRequest(
+            i, float(workload.arrival_s[i]), int(workload.prompt_tokens[i]), LengthInterval(lo, hi)
+        )
+
+    def finished(self, ids: tuple[int, ...]) -> None:
+        for i in ids:
+            lo, hi = self.issued.pop(int(i))
+            y = int(self.output_tokens[i])  # simulated requests run to their true length
+            self.covered += lo <= y <= hi
+            self.calibrator.observe(lo, hi, y, censored=False)
+
+    def summary(self) -> dict[str, Any]:
+        n = self.calibrator.num_observed
+        state = self.calibrator.summary()
+        return {
+            "observed": n,
+            "coverage": self.covered / n if n else None,
+            "miss_below_lo": state["misses_below_lo"] / n if n else None,
+            "miss_above_hi": state["misses_above_hi"] / n if n else None,
+            "delta_lo": state["delta_lo"],
+            "delta_hi": state["delta_hi"],
+        }
+
+
+def _run(
+    loop: SchedulingLoop,
+    workload: Workload,
+    log: RequestLog,
+    progress: Progress,
+    online: _Online | None = None,
+) -> None:
     order = np.argsort(workload.arrival_s, kind="stable")
     arrivals = workload.arrival_s[order]
     now, upcoming = 0.0, 0
     while upcoming < len(order) or loop.has_work:
         while upcoming < len(order) and arrivals[upcoming] <= now:
+            i = int(order[upcoming])
             try:
-                loop.add_request(workload.request(int(order[upcoming])))
+                loop.add_request(
+                    workload.request(i) if online is None else online.request(workload, i)
+                )
             except RequestRejectedError:
                 log.rejected[order[upcoming]] = True
+                if online is not None:
+                    online.issued.pop(i, None)
                 progress(1)
             upcoming += 1
         if not loop.has_work:
@@ -128,6 +191,10 @@ def _run(loop: SchedulingLoop, workload: Workload, log: RequestLog, progress: Pr
             continue
         outcome = loop.step(now)
         log.record(now, outcome)
+        if online is not None:
+            online.finished(outcome.finished)
+            for i in outcome.rejected:
+                online.issued.pop(int(i), None)
         if outcome.finished or outcome.rejected:
             progress(len(outcome.finished) + len(outcome.rejected))
         if not outcome.batch_size and not outcome.evicted:
