@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -28,11 +30,13 @@ from predictors.conformal import (
     fit_ladder,
     to_interval,
 )
-from predictors.features import FeatureSpec, featurize
+from predictors.features import FeatureSpec, featurize, hide_model_columns, prompt_words
 from predictors.histogram import HistogramQuantiles, fit_histogram
+from predictors.lexicon import Lexicon, fit_lexicon, fold_of, prompt_labels
 from predictors.model_file import ModelFileError, read_model_file, write_model_file
 from predictors.quantile_model import QuantileBoosters, QuantileConfig, fit_quantile_boosters
 from predictors.splits import split_by_prompt
+from predictors.unseen import DEFAULT_FOLDS, UnseenOffsets, fit_unseen_offsets
 
 if TYPE_CHECKING:
     from predictors.embedding_pca import EmbeddingProjection
@@ -42,6 +46,9 @@ Kind = Literal["histogram", "quantile"]
 FloatArray = NDArray[np.float64]
 _BOOSTER_MEMBERS = ("q_lo.txt", "q_mid.txt", "q_hi.txt")
 _HISTOGRAM_MEMBER = "histogram.json"
+AUGMENT_FRACTION = 0.5  # share of training rows repeated as "unseen model" (and again, family)
+LEXICON_FOLDS = 5  # training rows get out-of-fold lexicon scores, as unseen prompts would
+logger = logging.getLogger("kvsched.predictor")
 
 __all__ = ["LengthModel", "ModelFileError", "TrainingInfo", "fit", "training_data_sha256"]
 
@@ -94,8 +101,11 @@ class LengthModel:
     d_lo: float
     d_hi: float
     info: TrainingInfo
+    unseen: UnseenOffsets | None = None
+    _reported: set[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "_reported", set())
         if not (0.0 < self.d_lo < 0.5 and 0.0 < self.d_hi < 0.5):
             raise ValueError(f"miss budgets must be in (0, 0.5): {self.d_lo}, {self.d_hi}")
         expected = QuantileBoosters if self.kind == "quantile" else HistogramQuantiles
@@ -116,7 +126,34 @@ class LengthModel:
     def predict(self, batch: PromptBatch) -> tuple[IntArray, IntArray]:
         q = self.base.predict_log(batch)
         c_lo, c_hi = self.offsets.for_models(batch.models)
+        tiers = self.spec.tiers(batch.models)
+        if tiers.any():
+            self._report_unseen(batch.models, tiers)
+            if self.unseen is not None:
+                u = self.unseen
+                c_lo = np.select([tiers == 1, tiers == 2], [u.family_lo, u.agnostic_lo], c_lo)
+                c_hi = np.select([tiers == 1, tiers == 2], [u.family_hi, u.agnostic_hi], c_hi)
         return to_interval(np.expm1(q[:, 0] - c_lo), np.expm1(q[:, 2] + c_hi), batch.max_tokens)
+
+    def _report_unseen(self, models: Sequence[str], tiers: IntArray) -> None:
+        """One log line per target-model name absent from training, the first time it is seen."""
+        for i in np.flatnonzero(tiers).tolist():
+            name = models[i]
+            if name in self._reported:
+                continue
+            self._reported.add(name)
+            shown = repr(name) if name else "(none given)"
+            if self.unseen is None:
+                how = "this model file has no unseen-model calibration, so its intervals may not "
+                how += "hold for it; retrain with this version"
+            elif tiers[i] == 1:
+                family = self.spec.family_of(name)
+                how = f"predicting it as an unseen model of the seen {family!r} family, "
+                how += "with offsets calibrated on held-out models (wider intervals)"
+            else:
+                how = "no seen family either: predicting from the prompt alone, with offsets "
+                how += "calibrated on held-out families (wider intervals)"
+            logger.warning("length predictor: target model %s was not in training; %s", shown, how)
 
     def refine(
         self, lo: IntArray, hi: IntArray, generated: IntArray, max_tokens: IntArray
@@ -125,7 +162,8 @@ class LengthModel:
 
     def uncalibrated(self) -> LengthModel:
         """The same base model with zero conformal offsets (for comparisons only)."""
-        return dataclasses.replace(self, offsets=CqrOffsets(0.0, 0.0))
+        zero = None if self.unseen is None else UnseenOffsets(0.0, 0.0, 0.0, 0.0, "pooled")
+        return dataclasses.replace(self, offsets=CqrOffsets(0.0, 0.0), unseen=zero)
 
     def save(self, path: str | Path) -> None:
         """Write the versioned, self-describing model file (zip, no pickle)."""
@@ -139,6 +177,8 @@ class LengthModel:
             "ladder": self.ladder.to_json(),
             "training": dataclasses.asdict(self.info),
         }
+        if self.unseen is not None:
+            header["unseen"] = self.unseen.to_json()
         if isinstance(self.base, QuantileBoosters):
             header["quantiles"] = list(self.base.quantiles)
             members = dict(zip(_BOOSTER_MEMBERS, self.base.model_strings(), strict=True))
@@ -181,7 +221,37 @@ def _from_parts(header: dict[str, Any], members: dict[str, str]) -> LengthModel:
         float(header["d_lo"]),
         float(header["d_hi"]),
         TrainingInfo(**header["training"]),
+        UnseenOffsets.from_json(header["unseen"]) if "unseen" in header else None,
     )
+
+
+def _lexicon_scores(train: LengthSamples, seed: int) -> tuple[Lexicon, NDArray[np.float64]]:
+    """The lexicon fitted on all training prompts, and each training row's out-of-fold score
+    (from a lexicon that never saw its prompt, as a served prompt will be scored)."""
+    words = {p: prompt_words(text) for p, text in zip(train.prompt_ids, train.prompts, strict=True)}
+    ids, labels = prompt_labels(
+        train.prompt_ids, train.models, np.log1p(train.output_tokens.astype(np.float64))
+    )
+    full = fit_lexicon([words[p] for p in ids], labels)
+    folds = min(LEXICON_FOLDS, len(ids))
+    if folds < 2:
+        return full, np.array([full.score(words[p]) for p in train.prompt_ids])
+    fold = fold_of(ids, folds, seed)
+    score: dict[str, float] = {}
+    for f in range(folds):
+        inside = [i for i, p in enumerate(ids) if fold[p] != f]
+        part = fit_lexicon([words[ids[i]] for i in inside], labels[inside])
+        score.update((p, part.score(words[p])) for p in ids if fold[p] == f)
+    return full, np.array([score[p] for p in train.prompt_ids])
+
+
+def _row_draw(samples: LengthSamples, seed: int, salt: str) -> NDArray[np.float64]:
+    """A uniform [0, 1) number per row from its (prompt id, model): the same whatever the order."""
+    out = np.empty(len(samples))
+    for i, (p, m) in enumerate(zip(samples.prompt_ids, samples.models, strict=True)):
+        digest = hashlib.blake2b(f"{seed}\0{salt}\0{p}\0{m}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little") / 2.0**64
+    return out
 
 
 def _fit_base(
@@ -193,15 +263,36 @@ def _fit_base(
     seed: int,
     config: QuantileConfig | None,
     embedding: EmbeddingProjection | None = None,
+    unseen_aware: bool = True,
+    lexicon: bool = True,
 ) -> QuantileBoosters | HistogramQuantiles:
-    spec = FeatureSpec.for_models(train.models, embedding)
     y = train.output_tokens
     if kind == "histogram":
+        spec = FeatureSpec.for_models(train.models, embedding)
         return fit_histogram(spec, train.prompt_tokens, train.models, y, d_lo=d_lo, d_hi=d_hi)
-    if kind == "quantile":
+    if kind != "quantile":
+        raise ValueError(f"unknown model kind {kind!r}; expected 'histogram' or 'quantile'")
+    if not unseen_aware and not lexicon:
+        spec = FeatureSpec.for_models(train.models, embedding)
         x = featurize(spec, train.batch(1))
         return fit_quantile_boosters(spec, x, y, d_lo=d_lo, d_hi=d_hi, seed=seed, config=config)
-    raise ValueError(f"unknown model kind {kind!r}; expected 'histogram' or 'quantile'")
+    lex, oof = _lexicon_scores(train, seed) if lexicon else (None, None)
+    spec = FeatureSpec.for_models(train.models, embedding, families=True, lexicon=lex)
+    x = featurize(spec, train.batch(1))
+    if oof is not None:
+        x[:, spec.lexicon_column()] = oof
+    if unseen_aware:  # repeat a share of the rows as unseen models, then as unseen families
+        model_rows = np.flatnonzero(_row_draw(train, seed, "model") < AUGMENT_FRACTION)
+        both_rows = np.flatnonzero(_row_draw(train, seed, "family") < AUGMENT_FRACTION)
+        x = np.vstack(
+            [
+                x,
+                hide_model_columns(spec, x[model_rows], family=False),
+                hide_model_columns(spec, x[both_rows], family=True),
+            ]
+        )
+        y = np.concatenate([y, y[model_rows], y[both_rows]])
+    return fit_quantile_boosters(spec, x, y, d_lo=d_lo, d_hi=d_hi, seed=seed, config=config)
 
 
 def _fit_embedding(
@@ -251,6 +342,9 @@ def fit(
     config: QuantileConfig | None = None,
     embedding_dims: int = 0,
     embedding_cache: str | Path | None = None,
+    unseen_aware: bool = True,
+    lexicon: bool = True,
+    unseen_folds: int = DEFAULT_FOLDS,
 ) -> LengthModel:
     """Fit base + CQR + ladder; the rows are split by prompt id into train / calibration.
 
@@ -262,6 +356,10 @@ def fit(
     embedding_dims > 0 (quantile only; needs the optional wheel, see predictors/embedding.py):
     add that many PCA columns of the prompt's MiniLM embedding, embeddings cached in the
     `embedding_cache` .npz if given. 0 (default) leaves the model exactly as without the option.
+    Quantile only: lexicon adds the learned word-lexicon column (`lexicon.py`); unseen_aware
+    adds family columns, trains on rows repeated with the model (and family) hidden, and fits
+    unseen-model offsets by cross-fitting over `unseen_folds` folds of held-out target models
+    and families (`unseen.py`). Both False: the version-1 model of earlier releases.
     """
     _check_fit_args(d_lo, d_hi, cal_fraction, kind, embedding_dims)
     train_rows, cal_rows = split_by_prompt(samples, (1.0 - cal_fraction, cal_fraction), seed)
@@ -269,7 +367,14 @@ def fit(
         raise ValueError("too few distinct prompts to split into train and calibration")
     train, cal = samples.take(train_rows), samples.take(cal_rows)
     emb = _fit_embedding(train, embedding_dims, embedding_cache) if embedding_dims else None
-    base = _fit_base(kind, train, d_lo=d_lo, d_hi=d_hi, seed=seed, config=config, embedding=emb)
+
+    def fit_base(rows: LengthSamples) -> QuantileBoosters | HistogramQuantiles:
+        return _fit_base(
+            kind, rows, d_lo=d_lo, d_hi=d_hi, seed=seed, config=config, embedding=emb,
+            unseen_aware=unseen_aware, lexicon=lexicon,
+        )  # fmt: skip
+
+    base = fit_base(train)
     q = base.predict_log(cal.batch(1))
     log_y = np.log1p(cal.output_tokens.astype(np.float64))
     groups = cal.models if mondrian else None
@@ -278,5 +383,18 @@ def fit(
     )
     digest = training_data_sha256(samples)
     info = TrainingInfo(digest, len(train), len(cal), seed, mondrian, ladder_rule, _created_by())
-    model = LengthModel(kind, base, offsets, RefineLadder((), (), 1), d_lo, d_hi, info)
+    unseen = None
+    if isinstance(base, QuantileBoosters) and unseen_aware:
+
+        def fit_quantile(rows: LengthSamples) -> QuantileBoosters:
+            refit = fit_base(rows)
+            assert isinstance(refit, QuantileBoosters)
+            return refit
+
+        unseen = fit_unseen_offsets(
+            fit_quantile, base, train, cal, d_lo=d_lo, d_hi=d_hi,
+            seen=(offsets.lo, offsets.hi), folds=unseen_folds, seed=seed,
+        )  # fmt: skip
+    ladder = RefineLadder((), (), 1)
+    model = LengthModel(kind, base, offsets, ladder, d_lo, d_hi, info, unseen)
     return _with_ladder(model, cal, ladder_rule, ladder_min_survivors)

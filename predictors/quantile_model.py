@@ -25,9 +25,9 @@ FloatArray = NDArray[np.float64]
 class QuantileConfig:
     """LightGBM settings for each of the three quantile boosters."""
 
-    num_trees: int = 200
-    learning_rate: float = 0.05
-    num_leaves: int = 31
+    num_trees: int = 40  # 40 small trees rank as well as 200 large ones, 5x cheaper to evaluate
+    learning_rate: float = 0.1
+    num_leaves: int = 7
     min_data_in_leaf: int = 40
     feature_fraction: float = 0.9
     lambda_l2: float = 1.0
@@ -77,7 +77,10 @@ class QuantileBoosters:
 
     def predict_log(self, batch: PromptBatch) -> FloatArray:
         """(n, 3) log1p quantiles [lo, median, hi], sorted per row."""
-        x = featurize(self.spec, batch)
+        return self.predict_log_features(featurize(self.spec, batch))
+
+    def predict_log_features(self, x: FloatArray) -> FloatArray:
+        """`predict_log` from an already computed feature matrix."""
         if not len(x):
             return np.zeros((0, 3))
         columns = [np.asarray(b.predict(x, num_threads=1), np.float64) for b in self.boosters]

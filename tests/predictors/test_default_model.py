@@ -14,13 +14,16 @@ CORPUS = Path(__file__).resolve().parents[2] / "data/text/lengths.jsonl.gz"
 
 
 def test_default_model_is_calibrated_on_held_out_prompts() -> None:
-    """Coverage within 3 points of the 90% target; the raw quantile model measurably worse."""
+    """Coverage within 3 points of the 90% target; the raw quantile model covers less (the
+    small-tree default of issue 13 overfits far less than the earlier 200-tree model, whose raw
+    coverage was 8+ points short, but CQR still has to widen both sides)."""
     test = split_train_test(load_samples(CORPUS))[1]
     model = load_predictor("default")
     calibrated = evaluate(model, test, max_tokens=4096)
     raw = evaluate(model.uncalibrated(), test, max_tokens=4096)
     assert abs(calibrated["coverage"] - 0.90) <= 0.03
-    assert raw["coverage"] < calibrated["coverage"] - 0.08
+    assert raw["coverage"] < calibrated["coverage"] - 0.01
+    assert model.offsets.lo > 0.0 and model.offsets.hi > 0.0
     assert calibrated["miss_above_hi"] < 0.08 and calibrated["miss_below_lo"] < 0.08
 
 
