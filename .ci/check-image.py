@@ -250,7 +250,8 @@ def check(image: str, server: Server, ready_timeout_s: float, report: dict[str, 
     report["config"] = {k: config.get(k) for k in ("User", "Entrypoint", "Cmd", "WorkingDir")}
     expect(command == ["kvsched", "serve"], f"image command is {command}, not kvsched serve")
     expect(
-        config.get("User") == f"{EXPECTED_UID}:{EXPECTED_UID}", f"image USER {config.get('User')!r}"
+        config.get("User") == f"{EXPECTED_UID}:{EXPECTED_UID}",
+        f"image USER is {config.get('User')!r}, not {EXPECTED_UID}:{EXPECTED_UID}",
     )
     healthcheck = (config.get("Healthcheck") or {}).get("Test") or []
     expect(healthcheck[:1] == ["CMD"], f"no exec-form HEALTHCHECK in the image: {healthcheck}")
@@ -336,7 +337,7 @@ def check(image: str, server: Server, ready_timeout_s: float, report: dict[str, 
         f"unexpected processes in the group: {[proc_cmdline(p) for p in others]}",
     )
 
-    report["healthcheck_rc"] = server.exec(healthcheck[1:])
+    report["healthcheck_rc"] = server.exec(healthcheck[1:]) if healthcheck[1:] else None
     expect(
         report["healthcheck_rc"] == 0, f"the image's HEALTHCHECK exited {report['healthcheck_rc']}"
     )

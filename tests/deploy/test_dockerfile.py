@@ -1,15 +1,23 @@
-"""The Dockerfile (issue 5): its invariants, and its install steps replayed in a fresh venv.
+"""The Dockerfile (issue 5): its invariants, its install steps replayed, and the image itself.
 
-No Docker engine exists on CI, so the image is proven in two parts: the parsed Dockerfile keeps
-the issue's invariants (each check is also shown to fire on a broken copy), and the default
-target's build chain (deps -> build) runs here, step by step, into a fresh `python -m venv`, after
-which the installed `kvsched` (not the source tree) answers `--help` and loads its shipped model.
+The parsed Dockerfile keeps the issue's invariants (each check is also shown to fire on a broken
+copy); the default target's build chain (deps -> build) runs here, step by step, into a fresh
+`python -m venv`, after which the installed `kvsched` (not the source tree) answers `--help` and
+loads its shipped model. There is no Docker engine on CI, so the image is built and run with
+buildah (`.ci/build-image.sh`, issue 15: a debootstrapped bookworm base, `buildah bud`, then
+`.ci/check-image.py` serving a streamed chat completion from inside the image); the tests run
+that script (seconds when its caches are warm, as after `.ci/run` built the image) and read what
+the check saw. They need root, buildah and debootstrap, and fail, naming the script, without them.
 """
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +26,10 @@ from tests.deploy.dockerfile import Dockerfile, parse, problems
 from tests.deploy.dockerfile_recipe import replay
 
 TEXT = (ROOT / "Dockerfile").read_text()
+BUILD_IMAGE = ROOT / ".ci" / "build-image.sh"
+CHECK_IMAGE = ROOT / ".ci" / "check-image.py"
+IMAGE = "localhost/kvsched:ci"  # what .ci/run builds, so the tests' run of the script is warm
+IMAGE_HINT = "run .ci/build-image.sh as root on Debian (it apt-get installs what it needs); CI does"
 
 
 def test_the_dockerfile_keeps_every_invariant() -> None:
@@ -52,7 +64,6 @@ def test_the_gpu_target_installs_cuda_torch_and_the_hf_extra() -> None:
     assert "--extra hf" in runs
     gpu_env = " ".join(dockerfile.stage("gpu").all("ENV"))
     assert "KVSCHED_ENGINE=hf" in gpu_env and "HF_HUB_OFFLINE=1" in gpu_env
-    assert "vLLM slot (issue 7)" in TEXT
 
 
 def test_the_image_serves_on_all_interfaces_on_port_8000() -> None:
@@ -104,3 +115,98 @@ def test_the_build_steps_install_a_working_kvsched(tmp_path: Path) -> None:
     root = tmp_path / "root"
     replay(dockerfile, "build", ROOT, root, timeout_s=300)
     _check_installed(root / "opt" / "venv", tmp_path)
+
+
+def require_image_tools(tools: tuple[str, ...] = ("buildah", "debootstrap")) -> None:
+    """Fails (never skips) the image tests on a machine that cannot build the image."""
+    if os.geteuid() != 0:
+        pytest.fail(f"building and running the image needs root: {IMAGE_HINT}")
+    for tool in tools:
+        if shutil.which(tool) is None:
+            pytest.fail(f"{tool} is not installed: {IMAGE_HINT}")
+
+
+def test_missing_image_tools_fail_and_name_the_build_script() -> None:
+    with pytest.raises(pytest.fail.Exception, match=r"\.ci/build-image\.sh"):
+        require_image_tools(("buildah-not-installed",))
+
+
+@pytest.fixture(scope="module")
+def image_check(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Builds the image (warm: the layer cache) and runs it; the check's JSON report."""
+    require_image_tools()
+    report = tmp_path_factory.mktemp("image") / "check.json"
+    done = subprocess.run(
+        [BUILD_IMAGE, "--report", report],
+        env={**os.environ, "KVSCHED_IMAGE": IMAGE},
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        check=False,
+    )
+    assert done.returncode == 0, f".ci/build-image.sh failed:\n{done.stderr[-4000:]}"
+    result: dict[str, Any] = json.loads(report.read_text())
+    return result
+
+
+@pytest.mark.slow
+def test_the_built_image_serves_a_streamed_chat_as_uid_10001(image_check: dict[str, Any]) -> None:
+    assert image_check["failures"] == []
+    assert image_check["config"]["User"] == "10001:10001"
+    assert image_check["config"]["Entrypoint"] + image_check["config"]["Cmd"] == [
+        "kvsched",
+        "serve",
+    ]
+    assert image_check["ready"]["status"] == 200 and image_check["health"]["status"] == 200
+    chat = image_check["chat"]
+    assert chat["content_type"].startswith("text/event-stream")
+    assert chat["done_last"] and chat["done_count"] == 1
+    assert chat["chunks_with_text"] >= 1 and chat["content"].strip()
+    assert chat["finish_reason"] in ("stop", "length")
+    metrics = image_check["metrics"]
+    assert metrics["status"] == 200 and metrics["kvsched_samples"] > 0
+    assert metrics["request_success_total"] >= 1  # the chat request went through the gateway
+    # the listening server and every process it started (the worker), read from /proc
+    processes = image_check["processes"]
+    assert len(processes) >= 2 and image_check["listener_pid"] == processes[0]["pid"]
+    assert all(set(p["uid"]) == set(p["gid"]) == {"10001"} for p in processes), processes
+    assert image_check["healthcheck_rc"] == 0
+    assert image_check["stopped"]  # no process of the server outlived the check
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        (["--user", "0:0"], ["image USER is '0:0'", "runs as uid/gid ['0', '0', '0', '0']"]),
+        (["--cmd", '["serve", "--no-such-flag"]'], ["not kvsched serve", "exited with status"]),
+    ],
+)  # fmt: skip
+def test_the_image_check_fails_on_a_broken_image(
+    image_check: dict[str, Any], tmp_path: Path, config: list[str], expected: list[str]
+) -> None:
+    """The check is not a formality: a root image and one whose server cannot start fail it."""
+    broken = f"{IMAGE}-broken-{os.getpid()}"
+    container = subprocess.run(
+        ["buildah", "from", "--pull=never", IMAGE], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    try:
+        subprocess.run(["buildah", "config", *config, container], check=True)
+        subprocess.run(
+            ["buildah", "commit", "--quiet", "--format", "docker", container, broken], check=True
+        )
+        report = tmp_path / "check.json"
+        done = subprocess.run(
+            ["python3", CHECK_IMAGE, broken, "--report", report, "--ready-timeout-s", "60"],
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
+    finally:
+        subprocess.run(["buildah", "rm", container], capture_output=True, check=False)
+        subprocess.run(["buildah", "rmi", broken], capture_output=True, check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    for message in expected:
+        assert message in done.stderr, done.stderr
+    assert json.loads(report.read_text())["stopped"]  # cleaned up after a failure too
