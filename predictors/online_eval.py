@@ -16,19 +16,17 @@ import numpy as np
 
 from predictors.base import IntArray, IntervalPredictor, LengthSamples
 from predictors.evaluate import _interval_stats, winkler
-from predictors.model import LengthModel
-from predictors.online import DEFAULT_STEP, DEFAULT_WINDOW, OnlineCalibrator, OnlinePredictor
+from predictors.online import (
+    DEFAULT_STEP,
+    DEFAULT_WINDOW,
+    OnlineCalibrator,
+    OnlinePredictor,
+    budgets_of,
+)
 from predictors.online import replay as replay_stream
 
 WARMUP = 200  # completions before the "after warm-up" numbers start
 BLOCK = 100  # rows per block of the convergence curve
-
-
-def budgets(model: IntervalPredictor) -> tuple[float, float]:
-    """(d_lo, d_hi) the model promises (5% + 5% for predictors that do not say)."""
-    if isinstance(model, LengthModel):
-        return model.d_lo, model.d_hi
-    return 0.05, 0.05
 
 
 def _stats(y: IntArray, lo: IntArray, hi: IntArray, d: float) -> dict[str, Any]:
@@ -53,7 +51,7 @@ def evaluate_online(
     """
     if not len(samples):
         raise ValueError("cannot evaluate on zero samples")
-    d_lo, d_hi = budgets(model)
+    d_lo, d_hi = budgets_of(model)
     calibrator = calibrator or OnlineCalibrator(d_lo, d_hi, step=step, window=window)
     online = OnlinePredictor(model, calibrator)
     caps = np.full(len(samples), max_tokens, dtype=np.int64)
