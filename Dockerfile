@@ -2,10 +2,12 @@
 # kvsched image (docs/deploy.md). Targets:
 #   docker build -t kvsched .                         simulated engine (default, last stage: cpu)
 #   docker build --target gpu -t kvsched:gpu .        Hugging Face engine on CUDA torch
-# Build arguments: PYTHON_IMAGE (exact tag, or tag@sha256:digest to pin the digest),
-# TORCH_VERSION / TORCH_INDEX_URL (gpu target's CUDA wheel). The app runs as uid/gid 10001.
-# tests/deploy/test_dockerfile.py parses this file and runs the build stages' RUN steps in a fresh
-# venv, so keep those steps plain shell: `python -m venv /opt/venv`, `pip install ...`.
+# Build arguments: PYTHON_IMAGE (exact tag, or tag@sha256:digest to pin the digest; any Debian
+# bookworm base with Python 3.11 and `python` on PATH works: .ci/build-image.sh passes a
+# debootstrapped one to `buildah bud`), TORCH_VERSION / TORCH_INDEX_URL (gpu target's CUDA wheel).
+# The app runs as uid/gid 10001. tests/deploy/test_dockerfile.py parses this file and runs the
+# build stages' RUN steps in a fresh venv, so keep those steps plain shell: `python -m venv
+# /opt/venv`, `pip install ...`; .ci/build-image.sh builds the image and serves from it.
 
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm
 

@@ -307,7 +307,7 @@ def check(image: str, server: Server, ready_timeout_s: float, report: dict[str, 
     pids = group_processes(server.process.pid)
     listener = listener_pid(pids, server.port)
     tree = descendants(listener, pids)
-    processes = []
+    processes: list[dict[str, Any]] = []
     for pid in tree:
         status_fields = proc_status(pid)
         processes.append(
