@@ -293,6 +293,8 @@ def describe_slot(slot: WorkerSlot) -> dict[str, Any]:
         "kv_tokens": kv_tokens,
         "kv_capacity_tokens": capacity,
         "kv_usage": kv_tokens / capacity if capacity else 0.0,
+        # the engine's own context limit (an hf model's position limit): the gateway enforces it
+        "max_model_len": slot.ready.max_model_len if slot.ready else None,
     }
 
 

@@ -55,6 +55,11 @@ def _options(body: CompletionRequest | ChatCompletionRequest) -> Options:
         ignore_eos=bool(body.ignore_eos),
         priority=body.priority or 0,
         length_hint=body.length_hint,
+        temperature=0.0 if body.temperature is None else body.temperature,  # greedy by default
+        top_p=1.0 if body.top_p is None else body.top_p,
+        seed=body.seed,
+        stop=body.stop_strings(),
+        stop_token_ids=tuple(body.stop_token_ids or ()),
     )
 
 
@@ -89,7 +94,10 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
     gateway = gateway_of(request)
     gateway.check_model(body.model)
     request_id = f"cmpl-{uuid.uuid4().hex}"
-    job = await gateway.submit(request_id, body.prompt_text(), _options(body))
+    prompt: str | list[int] | None = body.prompt_text()
+    if prompt is None:
+        prompt = body.prompt_token_ids() or []
+    job = await gateway.submit(request_id, prompt, _options(body))
     fmt = CompletionFormat(request_id, gateway.model_name, int(time.time()))
     return await _respond(request, job, fmt, stream=bool(body.stream), usage=body.include_usage)
 
@@ -98,6 +106,7 @@ async def create_completion(body: CompletionRequest, request: Request) -> Respon
 async def create_chat_completion(body: ChatCompletionRequest, request: Request) -> Response:
     gateway = gateway_of(request)
     gateway.check_model(body.model)
+    gateway.check_cap("max_tokens", body.max_tokens)  # checked even when max_completion_tokens wins
     request_id = f"chatcmpl-{uuid.uuid4().hex}"
     job = await gateway.submit(request_id, body.prompt_text(), _options(body))
     created = int(time.time())
@@ -113,7 +122,7 @@ async def list_models(request: Request) -> ModelList:
         id=name,
         created=gateway.created,
         root=gateway.settings.model or name,
-        max_model_len=gateway.settings.max_model_len,
+        max_model_len=gateway.max_model_len,
     )
     return ModelList(data=[card])
 

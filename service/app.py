@@ -21,6 +21,7 @@ from service.engines.base import Tokenizer
 from service.errors import GatewayMiddleware, install_error_handlers
 from service.gateway import Gateway
 from service.metrics import Metrics
+from service.openapi import install_openapi
 from service.protocol import Backend
 from service.settings import Settings
 
@@ -60,6 +61,7 @@ def create_app(
     app.state.gateway = gateway
     install_error_handlers(app)
     app.include_router(api.router)
+    install_openapi(app, gateway)
     app.add_middleware(
         GatewayMiddleware,
         max_body_bytes=settings.max_body_bytes,

@@ -51,6 +51,16 @@ class ApiError(Exception):
 _UNION_TAGS = frozenset({"str", "int", "float", "bool", "none", "dict", "list"})
 
 
+def _is_tag(part: str) -> bool:
+    """A location part pydantic adds that is no field name: a union branch or a list index."""
+    return (
+        "[" in part
+        or part in _UNION_TAGS
+        or part.isdigit()
+        or part.startswith(("constrained-", "function-"))
+    )
+
+
 def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     """One line for the most specific error (deepest location), and its field as `param`."""
     if not errors:
@@ -62,7 +72,7 @@ def _validation_message(errors: Sequence[Any]) -> tuple[str, str | None]:
     loc = [str(part) for part in first.get("loc", ()) if part != "body"]
     if not loc and first.get("type") == "missing":
         return "a JSON object body is required", None
-    field = [part for part in loc if "[" not in part and part not in _UNION_TAGS]
+    field = [part for part in loc if not _is_tag(part)]
     param = ".".join(field) or None
     msg = str(first.get("msg", "invalid request"))
     return (f"{'.'.join(loc)}: {msg}" if loc else f"request body: {msg}"), param

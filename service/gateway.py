@@ -9,6 +9,7 @@ finished cancels it on the backend, so a client that goes away frees its KV.
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -23,6 +24,7 @@ from service.online_calibration import OnlineFeedback
 from service.predict_batcher import IntervalBatcher
 from service.protocol import Backend, FinishReason, GenerationRequest, TokenEvent
 from service.settings import Settings
+from service.stop import StopMatcher
 
 logger = logging.getLogger("kvsched.gateway")
 RETRY_AFTER_S = 1
@@ -37,12 +39,19 @@ class Options:
     ignore_eos: bool = False
     priority: int = 0
     length_hint: int | None = None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
             raise ValueError(f"max_tokens must be >= 1, got {self.max_tokens}")
         if self.min_tokens < 0 or (self.length_hint is not None and self.length_hint < 1):
             raise ValueError("min_tokens must be >= 0 and length_hint >= 1")
+        if not (0.0 <= self.temperature and 0.0 < self.top_p <= 1.0) or "" in self.stop:
+            raise ValueError("need temperature >= 0, 0 < top_p <= 1 and non-empty stop strings")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,13 +84,14 @@ def clamp_interval(
     return lo, max(hi, lo)
 
 
-def _worker_capacities(described: dict[str, Any]) -> list[int]:
-    """Positive `kv_capacity_tokens` of each entry in describe()["workers"] (a list of dicts)."""
+def _reported(described: dict[str, Any], key: str) -> list[int]:
+    """Positive values of `key` in each entry of describe()["workers"] (a list of dicts): what
+    each worker reports of its KV capacity (`kv_capacity_tokens`) and context (`max_model_len`)."""
     workers = described.get("workers")
     if not isinstance(workers, list):
         return []
-    found = (w.get("kv_capacity_tokens") for w in workers if isinstance(w, dict))
-    return [c for c in found if isinstance(c, int) and c > 0]
+    found = (w.get(key) for w in workers if isinstance(w, dict))
+    return [c for c in found if isinstance(c, int) and not isinstance(c, bool) and c > 0]
 
 
 class Gateway:
@@ -106,16 +116,22 @@ class Gateway:
         self.created = int(time.time())
         self.in_flight = 0
         self.kv_capacity_tokens = settings.kv_tokens
+        self.max_model_len = settings.max_model_len
         self._draining = False
         self.completion_log = CompletionLog(settings.completion_log, self.model_name)
 
     async def start(self) -> None:
-        """Start the backend; learn the smallest per-worker KV capacity if it reports them."""
+        """Start the backend; learn the smallest per-worker KV capacity and context length the
+        workers report, so that every limit is checked here, before a request is accepted."""
         await self.backend.start()
-        reported = _worker_capacities(self.backend.describe())
+        described = self.backend.describe()
+        reported = _reported(described, "kv_capacity_tokens")
         if reported:
             known = self.kv_capacity_tokens
             self.kv_capacity_tokens = min(reported if known is None else [known, *reported])
+        contexts = _reported(described, "max_model_len")
+        if contexts:
+            self.max_model_len = min(self.max_model_len, *contexts)
 
     async def stop(self) -> None:
         """Stop accepting (ready -> false), then let the backend drain within the grace period."""
@@ -132,15 +148,18 @@ class Gateway:
             message = f"The model `{model}` does not exist."
             raise ApiError(404, message, param="model", code="model_not_found")
 
-    async def submit(self, request_id: str, prompt: str, options: Options) -> Job:
-        """Admit and prepare one request; raises ApiError (503, 429, 400) instead."""
+    async def submit(self, request_id: str, prompt: str | list[int], options: Options) -> Job:
+        """Admit and prepare one request (a text or token-id prompt); raises ApiError (503,
+        429, 400) instead."""
         self._admit()
         try:
-            request = await self._prepare(request_id, prompt, options)
+            token_ids = self._tokenize(prompt) if isinstance(prompt, str) else self._ids(prompt)
+            text = prompt if isinstance(prompt, str) else self.tokenizer.decode(token_ids)
+            request = await self._prepare(request_id, text, token_ids, options)
         except BaseException:
             self.release()
             raise
-        return Job(self, request, self.metrics.track(request), prompt)
+        return Job(self, request, self.metrics.track(request), text, options)
 
     def release(self) -> None:
         self.in_flight -= 1
@@ -161,9 +180,10 @@ class Gateway:
         self.in_flight += 1
         self.metrics.in_flight.set(self.in_flight)
 
-    async def _prepare(self, request_id: str, prompt: str, options: Options) -> GenerationRequest:
+    async def _prepare(
+        self, request_id: str, prompt: str, token_ids: list[int], options: Options
+    ) -> GenerationRequest:
         arrival_s = time.time()
-        token_ids = self._tokenize(prompt)
         max_tokens = self._max_tokens(len(token_ids), options.max_tokens)
         if options.min_tokens > max_tokens:
             message = f"min_tokens ({options.min_tokens}) must be <= max_tokens ({max_tokens})"
@@ -188,6 +208,10 @@ class Gateway:
             ignore_eos=options.ignore_eos,
             priority=options.priority,
             arrival_s=arrival_s,
+            temperature=options.temperature,
+            top_p=options.top_p,
+            # a request without a seed gets one here, so a replay elsewhere draws the same tokens
+            seed=random.getrandbits(63) if options.seed is None else options.seed % 2**63,
         )
 
     def _tokenize(self, prompt: str) -> list[int]:
@@ -200,11 +224,33 @@ class Gateway:
             raise ApiError(400, "prompt has no tokens", param="prompt", code="invalid_value")
         return token_ids
 
+    def _ids(self, token_ids: list[int]) -> list[int]:
+        """A token-id prompt, checked against the tokenizer's vocabulary."""
+        vocab = self.tokenizer.vocab_size
+        bad = next((t for t in token_ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            message = f"prompt holds token id {bad}, outside the vocabulary (0 to {vocab - 1})"
+            raise ApiError(400, message, param="prompt", code="invalid_value")
+        return token_ids
+
+    def _limit(self) -> tuple[int, str]:
+        """The most tokens one request may hold, and what sets it."""
+        if self.kv_capacity_tokens is not None and self.kv_capacity_tokens < self.max_model_len:
+            return self.kv_capacity_tokens, "KV-cache capacity"
+        return self.max_model_len, "maximum context length"
+
+    def check_cap(self, param: str, value: int | None) -> None:
+        """400 for an output cap that cannot fit even after a one-token prompt (a chat
+        request's `max_tokens` when `max_completion_tokens` wins over it)."""
+        limit, what = self._limit()
+        if value is not None and value > limit - 1:
+            self.metrics.observe_rejection("context_length")
+            message = f"{param} ({value}) leaves no room for a prompt: the {what} is {limit}"
+            raise ApiError(400, message, param=param, code="context_length_exceeded")
+
     def _max_tokens(self, num_prompt_tokens: int, requested: int | None) -> int:
         """max_tokens (default: all the room left), or 400 when prompt + it exceeds the limits."""
-        limit, what = self.settings.max_model_len, "maximum context length"
-        if self.kv_capacity_tokens is not None and self.kv_capacity_tokens < limit:
-            limit, what = self.kv_capacity_tokens, "KV-cache capacity"
+        limit, what = self._limit()
         room = limit - num_prompt_tokens
         max_tokens = room if requested is None else requested
         if room < 1 or max_tokens > room:
@@ -226,6 +272,7 @@ class Gateway:
             "num_in_flight": self.in_flight,
             "max_queue": self.settings.max_queue,
             "kv_capacity_tokens": self.kv_capacity_tokens,
+            "max_model_len": self.max_model_len,
         }
         return info
 
@@ -234,9 +281,17 @@ class Job:
     """One accepted request on its way through the backend; close it exactly once."""
 
     def __init__(
-        self, gateway: Gateway, request: GenerationRequest, observer: RequestObserver, prompt: str
+        self,
+        gateway: Gateway,
+        request: GenerationRequest,
+        observer: RequestObserver,
+        prompt: str,
+        options: Options | None = None,
     ) -> None:
         self.request, self.prompt = request, prompt
+        options = options or Options()
+        self._stop = StopMatcher(options.stop)
+        self._stop_ids = frozenset(options.stop_token_ids)
         self.num_output_tokens = 0
         self.finish_reason: FinishReason | None = None
         self.error: str | None = None
@@ -267,17 +322,40 @@ class Job:
             if aclose is not None:
                 await aclose()
 
+    def _stop_token_index(self, token_ids: tuple[int, ...]) -> int | None:
+        """Index in `token_ids` of the first stop token id past min_tokens (None: none)."""
+        if not self._stop_ids:
+            return None
+        for k, token in enumerate(token_ids):
+            past_min = self.num_output_tokens + k + 1 > self.request.min_tokens
+            if token in self._stop_ids and past_min:
+                return k
+        return None
+
     def _absorb(self, event: TokenEvent, now_s: float) -> Delta | None:
         self._observer.on_event(event, now_s)
-        self.num_output_tokens += len(event.token_ids)
-        text = event.text
-        if not text and event.token_ids:
-            text = self._gateway.tokenizer.decode(list(event.token_ids))
         reason = event.finish_reason
+        text, tokens = event.text, event.token_ids
+        stop_at = self._stop_token_index(tokens)
+        if stop_at is not None:  # the stop token ends the output; its own text is not returned
+            tokens, reason = tokens[:stop_at], "stop"
+            text = self._gateway.tokenizer.decode(list(tokens)) if tokens else ""
+            self.num_output_tokens += 1
+        self.num_output_tokens += len(tokens)
+        if not text and tokens:
+            text = self._gateway.tokenizer.decode(list(tokens))
+        text, stopped = self._stop.feed(text)
+        if stopped:
+            reason = "stop"
         if reason is None:
             return Delta(text) if text else None
+        if reason == "stop" and event.finish_reason is None:  # stopped here: free the KV now
+            self._gateway.backend.cancel(self.request.request_id)
+        elif not stopped:
+            text += self._stop.flush()
         self.finish_reason = reason
-        self.num_output_tokens = max(self.num_output_tokens, event.num_output_tokens)
+        if event.finish_reason is not None:
+            self.num_output_tokens = max(self.num_output_tokens, event.num_output_tokens)
         self._observer.on_finish(reason, self.num_output_tokens, now_s)
         self._gateway.completion_log.record(self)
         self._gateway.online.finish(self.request.request_id, reason, self.num_output_tokens)

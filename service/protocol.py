@@ -27,6 +27,9 @@ class GenerationRequest:
     first token, handed over to a decode worker); `recompute` says they come without it (a
     failover resubmission: the tokens a dead worker streamed), so the worker prefills prompt +
     them itself before it continues.
+    `temperature` 0 decodes greedily; above 0 an engine that samples draws output token k from
+    the top-`top_p` nucleus with randomness fixed by (`seed`, k), so a request replayed on
+    another worker (a failover, a restart preemption) draws the same tokens.
     """
 
     request_id: str
@@ -40,6 +43,9 @@ class GenerationRequest:
     arrival_s: float = 0.0
     output_token_ids: tuple[int, ...] = ()
     recompute: bool = False
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int = 0
 
     @property
     def output_offset(self) -> int:

@@ -32,6 +32,7 @@ class Tokenizer(Protocol):
     """The engine's tokenizer, also loaded by the gateway to count and validate prompts."""
 
     eos_token_id: int | None
+    vocab_size: int  # token ids a prompt may hold: 0 .. vocab_size - 1
 
     def encode(self, text: str) -> list[int]: ...
 

@@ -6,7 +6,8 @@ decoding rows run as one padded forward and prefill chunks as padded groups of s
 When a request is (re)admitted, its row's `resumed` k says how many of its output tokens to
 keep: the engine drops the rest and its cache, prefills prompt + those k tokens and continues
 with token k + 1 (resume preemption, a failover resubmission that came with k tokens); k = 0
-restarts from scratch (restart preemption) and regenerates the same greedy tokens. Never
+restarts from scratch (restart preemption) and regenerates the same tokens: greedy, or sampled
+with randomness fixed by the request's seed and the token's position (`_sample`). Never
 downloads.
 """
 
@@ -50,6 +51,7 @@ class HFTokenizer:
         self._tokenizer = tokenizer
         eos = tokenizer.eos_token_id
         self.eos_token_id: int | None = None if eos is None else int(eos)
+        self.vocab_size = len(tokenizer)
 
     def encode(self, text: str) -> list[int]:
         return [int(i) for i in self._tokenizer.encode(text, add_special_tokens=True)]
@@ -210,8 +212,8 @@ class HFEngine:
         return logits
 
     def _choose(self, running: RunningSet, chosen: list[int], logits: list[Any]) -> tuple[int, ...]:
-        """Greedy next tokens of rows `chosen`; records them and returns the finished ids.
-        EOS logits are masked for requests below `min_tokens`."""
+        """Next tokens of rows `chosen` (greedy, or sampled: `_sample`); records them and
+        returns the finished ids. EOS logits are masked for requests below `min_tokens`."""
         import torch
 
         self._last = {}
@@ -223,8 +225,12 @@ class HFEngine:
         if young and self.eos_token_ids:
             eos = torch.tensor(sorted(self.eos_token_ids), device=scores.device)
             scores[torch.tensor(young, device=scores.device).unsqueeze(1), eos] = float("-inf")
+        tokens = scores.argmax(-1).tolist()
+        for k, sequence in enumerate(sequences):
+            if sequence.request.temperature > 0:
+                tokens[k] = _sample(scores[k], sequence.request, len(sequence.output))
         finished: list[int] = []
-        for j, sequence, token in zip(chosen, sequences, scores.argmax(-1).tolist(), strict=True):
+        for j, sequence, token in zip(chosen, sequences, tokens, strict=True):
             loop_id = int(running.ids[j])
             self._last[loop_id] = token
             if self._append(sequence, token):
@@ -252,6 +258,23 @@ class HFEngine:
             self._sequences.pop(loop_id, None)
         elif loop_id in self._sequences:
             self._sequences[loop_id].cache = None
+
+
+def _sample(logits: Any, request: GenerationRequest, position: int) -> int:
+    """Output token number `position` (0-based) drawn from softmax(logits / temperature)
+    restricted to the smallest set of tokens whose probability reaches top_p. The draw depends
+    only on (seed, position), so a replay of the request draws the same token."""
+    import torch
+
+    probs = torch.softmax(logits.float() / request.temperature, dim=-1)
+    if request.top_p < 1.0:
+        sorted_probs, order = probs.sort(descending=True)
+        before = sorted_probs.cumsum(-1) - sorted_probs  # mass of the tokens ranked above
+        sorted_probs[before >= request.top_p] = 0.0  # the top token always stays
+        probs = torch.zeros_like(probs).scatter(-1, order, sorted_probs)
+    generator = torch.Generator(device=probs.device)
+    generator.manual_seed((request.seed * 1_000_003 + position) % 2**63)
+    return int(torch.multinomial(probs, 1, generator=generator).item())
 
 
 def _eos_ids(model: Any) -> frozenset[int]:

@@ -220,7 +220,8 @@ def stat_logger_factory(counts: EngineCounts) -> Any:
 
 
 class VllmBackend:
-    """Implements `service.protocol.Backend` with vLLM's AsyncLLM (greedy decoding)."""
+    """Implements `service.protocol.Backend` with vLLM's AsyncLLM (greedy unless a
+    request asks for sampling)."""
 
     def __init__(self, settings: Settings, metrics: object | None = None) -> None:
         if settings.policy in CLAIRVOYANT:
@@ -310,8 +311,11 @@ class VllmBackend:
 
     def _params(self, request: GenerationRequest) -> Any:
         kinds = _vllm("vllm.sampling_params")
+        sampled = request.temperature > 0
         return kinds.SamplingParams(
-            temperature=0.0,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed if sampled else None,
             max_tokens=request.max_tokens,
             min_tokens=request.min_tokens,
             ignore_eos=request.ignore_eos,
@@ -337,7 +341,15 @@ class VllmBackend:
         cache = getattr(getattr(self._llm, "vllm_config", None), "cache_config", None)
         blocks, block_size = getattr(cache, "num_gpu_blocks", None), getattr(cache, "block_size", 0)
         if isinstance(blocks, int) and isinstance(block_size, int) and blocks > 0:
-            info["workers"] = [{"worker_id": 0, "kv_capacity_tokens": blocks * block_size}]
+            model_config = getattr(self._llm.vllm_config, "model_config", None)
+            context = getattr(model_config, "max_model_len", None)
+            info["workers"] = [
+                {
+                    "worker_id": 0,
+                    "kv_capacity_tokens": blocks * block_size,
+                    "max_model_len": context,
+                }
+            ]
             info["kv_blocks"], info["block_size"] = blocks, block_size
         return info
 

@@ -151,9 +151,13 @@ class UpstreamBackend:
             "num_waiting": len(self._queue),
             "upstreams": [u.describe() for u in self.upstreams],
             "workers": [  # what the gateway reads to cap prompt + max_tokens
-                {"worker_id": u.index, "kv_capacity_tokens": u.configured_capacity}
+                {
+                    "worker_id": u.index,
+                    "kv_capacity_tokens": u.configured_capacity,
+                    "max_model_len": u.max_model_len,
+                }
                 for u in self.upstreams
-                if u.configured_capacity is not None
+                if u.configured_capacity is not None or u.max_model_len is not None
             ],
         }
 

@@ -47,7 +47,10 @@ def completion_body(
         "stream": True,
         "stream_options": {"include_usage": True, "continuous_usage_stats": True},
         "vllm_xargs": {"kvsched_lo": request.lo, "kvsched_hi": request.hi},
+        "temperature": request.temperature,
     }
+    if request.temperature > 0:
+        body.update(top_p=request.top_p, seed=request.seed)
     if model is not None:
         body["model"] = model
     if request.min_tokens:

@@ -78,10 +78,15 @@ class Prober:
         upstream.learn_capacity()
 
     async def _served_model(self, upstream: Upstream) -> str | None:
+        """The model an upstream serves (and its context length, where it says)."""
         response = await self.client.get(f"{upstream.url}/v1/models", timeout=self.timeout_s)
         try:
-            return str(response.json()["data"][0]["id"])
-        except (ValueError, KeyError, IndexError, TypeError):
+            card = response.json()["data"][0]
+            context = card.get("max_model_len")
+            if isinstance(context, int) and not isinstance(context, bool) and context > 0:
+                upstream.max_model_len = context
+            return str(card["id"])
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
             return None  # the request body's "model" is then left out: the upstream's default
 
     def report(self) -> None:

@@ -69,6 +69,7 @@ class Upstream:
         self.last_error: str | None = None
         self.reported = ReportedLoad()
         self.model: str | None = None
+        self.max_model_len: int | None = None  # from its /v1/models (vLLM reports it)
         self.projected_tokens = 0  # sum of prompt + hi over in-flight requests
         self.used_tokens = 0  # sum of prompt + tokens generated so far over in-flight requests
         self.num_in_flight = 0

@@ -27,6 +27,7 @@ class Llama3Tokenizer:
             self._encoding = _encoder()
         except TokenizerUnavailableError as exc:  # one clear line from the CLI, not a traceback
             raise RuntimeError(f"the default Llama-3 tokenizer is unavailable: {exc}") from exc
+        self.vocab_size = int(self._encoding.n_vocab)
 
     def encode(self, text: str) -> list[int]:
         return list(self._encoding.encode_ordinary(text))

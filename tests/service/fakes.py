@@ -31,6 +31,7 @@ class FakeTokenizer:
     """One token per whitespace-separated word (id = word length); decode gives " t<id>"."""
 
     eos_token_id: int | None = None
+    vocab_size: int = 1000
 
     def encode(self, text: str) -> list[int]:
         return [len(word) for word in text.split()]
@@ -70,10 +71,12 @@ class FakeBackend:
         fail_after: int | None = None,
         truncate: bool = False,
         worker_kv_tokens: int = 0,
+        worker_max_model_len: int | None = None,
     ) -> None:
         self.num_tokens, self.delay_s, self.ready = num_tokens, delay_s, ready
         self.metrics, self.fail_after, self.truncate = metrics, fail_after, truncate
         self.worker_kv_tokens = worker_kv_tokens
+        self.worker_max_model_len = worker_max_model_len
         self.gate: asyncio.Event | None = None
         self.requests: list[GenerationRequest] = []
         self.cancelled: list[str] = []
@@ -130,7 +133,11 @@ class FakeBackend:
         self.cancelled.append(request_id)
 
     def describe(self) -> dict[str, Any]:
-        worker = {"worker_id": 0, "kv_capacity_tokens": self.worker_kv_tokens}
+        worker = {
+            "worker_id": 0,
+            "kv_capacity_tokens": self.worker_kv_tokens,
+            "max_model_len": self.worker_max_model_len,
+        }
         return {"policy": "fake-policy", "num_waiting": 0, "workers": [worker]}
 
 

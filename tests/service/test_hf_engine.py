@@ -163,6 +163,33 @@ def test_evicted_requests_end_with_the_tokens_of_an_undisturbed_run(
         assert len(tokens[r.request_id]) == 24 and reasons[r.request_id] == "length"
 
 
+@pytest.mark.parametrize("preemption", ["resume", "restart"])
+def test_sampling_is_fixed_by_the_seed_under_eviction_and_batching(
+    model_path: Path, preemption: str
+) -> None:
+    """temperature > 0 samples; the seed alone fixes the tokens, whatever else runs beside the
+    request, however often it is evicted; other seeds draw other tokens; a tiny top_p is greedy."""
+
+    def sampled(seed: int, **extra: object) -> GenerationRequest:
+        return request(f"s{seed}", PROMPTS[0], 24, ignore_eos=True, temperature=1.0, seed=seed,
+                       **extra)  # fmt: skip
+
+    roomy = settings(model_path)
+    alone, _, _ = run(HFEngine(roomy, 0, device="cpu"), roomy, [sampled(7)])
+    tight = settings(model_path, policy="vllm", kv_tokens=60, preemption=preemption)
+    crowd = [sampled(7)] + [request(f"r{i}", p, 24, ignore_eos=True) for i, p in
+                            enumerate(PROMPTS[1:3])]  # fmt: skip
+    tokens, _, num_evicted = run(HFEngine(tight, 0, device="cpu"), tight, crowd, 4)
+    assert num_evicted > 0 and tokens["s7"] == alone["s7"]
+    greedy, _, _ = run(HFEngine(roomy, 0, device="cpu"), roomy,
+                       [request("g", PROMPTS[0], 24, ignore_eos=True)])  # fmt: skip
+    others = [run(HFEngine(roomy, 0, device="cpu"), roomy, [sampled(s)])[0][f"s{s}"]
+              for s in (8, 9)]  # fmt: skip
+    assert alone["s7"] != greedy["g"] and all(o != alone["s7"] for o in others)
+    nucleus, _, _ = run(HFEngine(roomy, 0, device="cpu"), roomy, [sampled(7, top_p=1e-6)])
+    assert nucleus["s7"] == greedy["g"]
+
+
 def test_eos_stops_unless_ignored_or_below_min_tokens(model_path: Path) -> None:
     cfg = settings(model_path)
     engine = HFEngine(cfg, 0, device="cpu")

@@ -40,7 +40,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     cmd = [sys.executable, "-m", "service.cli", "serve", "--engine", "hf", "--model", str(path),
            "--port", str(port), "--policy", "amin", "--predictor", "none", "--kv-tokens", "400",
-           "--max-model-len", "128", "--log-level", "warning"]  # fmt: skip
+           "--log-level", "warning"]  # max_model_len: the model's own 128 positions  # fmt: skip
     proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     url = f"http://127.0.0.1:{port}"
     try:
@@ -103,3 +103,28 @@ def test_many_concurrent_requests_all_complete_under_a_small_kv_budget(server: s
     assert counts == [20 + i for i in range(12)]
     scheduler = httpx.get(f"{server}/v1/scheduler").json()
     assert scheduler["policy"] == "amin" and scheduler["num_requests"] == 0
+
+
+def test_the_models_context_is_enforced_at_the_gateway(server: str) -> None:
+    """The model has 128 positions (the default --max-model-len is 8192): the gateway learns it
+    from the workers, advertises it, and refuses what does not fit with a 400, not a 500."""
+    models = httpx.get(f"{server}/v1/models").json()
+    assert models["data"][0]["max_model_len"] == 128
+    long = " ".join(WORDS[i % len(WORDS)] for i in range(140))
+    response = httpx.post(f"{server}/v1/completions", json={"prompt": long, "max_tokens": 5})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "context_length_exceeded"
+    assert "128" in response.json()["error"]["message"]
+
+
+def test_stop_strings_and_seeded_sampling(server: str) -> None:
+    body = {"prompt": " ".join(WORDS[:6]), "max_tokens": 12, "ignore_eos": True}
+    whole = httpx.post(f"{server}/v1/completions", json=body).json()["choices"][0]["text"]
+    word = whole.split()[3]
+    cut = httpx.post(f"{server}/v1/completions", json={**body, "stop": [word]}).json()
+    assert cut["choices"][0]["finish_reason"] == "stop"
+    assert cut["choices"][0]["text"] == whole[: whole.index(word)]
+    sampled = {**body, "temperature": 1.0, "seed": 11}
+    texts = [httpx.post(f"{server}/v1/completions", json=sampled).json()["choices"][0]["text"]
+             for _ in range(2)]  # fmt: skip
+    assert texts[0] == texts[1] != whole

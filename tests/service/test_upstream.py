@@ -203,3 +203,18 @@ async def _wait_ready(
             pass
         await asyncio.sleep(0.1)
     pytest.fail("kvsched serve was not ready within 30 s")
+
+
+async def test_the_upstreams_context_length_is_enforced_at_the_gateway() -> None:
+    """vLLM's /v1/models reports max_model_len: the gateway refuses what the upstream would."""
+    small, large = FakeUpstream(), FakeUpstream()
+    small.max_model_len, large.max_model_len = 20, 4096
+    async with upstreams(small, large) as urls, serve(gateway(urls)) as client:
+        models = (await client.get("/v1/models")).json()
+        fits = await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 17})
+        refused = await client.post("/v1/completions", json={"prompt": PROMPT, "max_tokens": 18})
+    assert models["data"][0]["max_model_len"] == 20  # the smallest upstream's
+    assert fits.status_code == 200
+    assert refused.status_code == 400
+    assert refused.json()["error"]["code"] == "context_length_exceeded"
+    assert len(small.bodies) + len(large.bodies) == 1

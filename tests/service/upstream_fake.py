@@ -33,6 +33,7 @@ class FakeUpstream:
         self.request_ids: list[str] = []
         self.cut: list[str] = []  # request ids whose stream the client closed early
         self.active = self.max_active = 0
+        self.max_model_len: int | None = None  # reported on /v1/models when set (as vLLM does)
         self.app = self._build()
 
     def metrics_text(self) -> str:
@@ -57,7 +58,10 @@ class FakeUpstream:
 
         @app.get("/v1/models")
         async def models() -> dict[str, Any]:
-            return {"object": "list", "data": [{"id": UPSTREAM_MODEL, "object": "model"}]}
+            card: dict[str, Any] = {"id": UPSTREAM_MODEL, "object": "model"}
+            if self.max_model_len is not None:
+                card["max_model_len"] = self.max_model_len
+            return {"object": "list", "data": [card]}
 
         @app.post("/v1/completions")
         async def completions(request: Request) -> Response:
