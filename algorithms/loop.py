@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from algorithms.decision import settle
 from algorithms.errors import RequestRejectedError
-from algorithms.protocols import BatchFormer, IntervalRefiner
+from algorithms.protocols import AdmissionRefiner, BatchFormer, IntervalRefiner
 from algorithms.state import RunningSet, SchedulerState, WaitingQueue
 from algorithms.types import RequestId, WaitingRequest
 
@@ -204,12 +204,17 @@ class SchedulingLoop:
             return
         # the refiner sees whole-request lengths: a resumed row's earlier tokens count
         kept = running.resumed[rows]
-        lo, hi = self.refiner.refine(
+        current = (
             running.lo[rows] + kept,
             running.hi[rows] + kept,
             running.generated[rows] + kept,
             running.max_tokens[rows] + kept,
         )
+        if isinstance(self.refiner, AdmissionRefiner):  # a resumed row: its re-admission interval
+            admitted = (running.admitted_lo[rows] + kept, running.admitted_hi[rows] + kept)
+            lo, hi = self.refiner.refine_admitted(*admitted, *current)
+        else:
+            lo, hi = self.refiner.refine(*current)
         running.lo[rows], running.hi[rows] = lo - kept, hi - kept
 
     def _plan_tokens(self) -> tuple[NDArray[np.int64], NDArray[np.bool_]]:

@@ -8,7 +8,7 @@ request records, not stored in the former.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -54,6 +54,27 @@ class IntervalRefiner(Protocol):
 
     def refine(
         self,
+        lo: NDArray[np.int64],
+        hi: NDArray[np.int64],
+        generated: NDArray[np.int64],
+        max_tokens: NDArray[np.int64],
+    ) -> tuple[NDArray[np.int64], NDArray[np.int64]]: ...
+
+
+@runtime_checkable
+class AdmissionRefiner(IntervalRefiner, Protocol):
+    """A refiner that re-predicts from the interval each request was admitted with.
+
+    The loop calls `refine_admitted` instead of `refine` when the refiner has it: the admitted
+    interval stands for the prompt's own prediction (the loop keeps no prompt text), so the
+    result may move either bound either way while staying a function of (admitted interval,
+    generated, max_tokens). Same output contract as `refine`.
+    """
+
+    def refine_admitted(
+        self,
+        admitted_lo: NDArray[np.int64],
+        admitted_hi: NDArray[np.int64],
         lo: NDArray[np.int64],
         hi: NDArray[np.int64],
         generated: NDArray[np.int64],

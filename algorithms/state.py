@@ -72,6 +72,7 @@ _FIELDS = (
     "start_step",
     "prefill_left",
     "max_tokens",
+    "admitted_lo",
     "admitted_hi",
     "resumed",
 )
@@ -86,7 +87,7 @@ class RunningSet:
     0 once the first token is out. Only chunked prefill makes it span several iterations; the
     KV accounting reserves the whole prompt from admission either way.
     `lo`/`hi` are the current interval (a refiner may move them while the request runs);
-    `admitted_hi` is the upper bound it was admitted with, `max_tokens` its output cap.
+    `admitted_lo`/`admitted_hi` is the interval it was admitted with, `max_tokens` its output cap.
     `resumed[j]` counts output tokens an earlier run produced that `prompt_tokens[j]` includes
     (`WaitingRequest.resumed`): request j's output so far is `resumed[j] + generated[j]`.
     `resume` says what an evicted row keeps: its tokens (True, vLLM's recompute preemption) or
@@ -105,6 +106,7 @@ class RunningSet:
         self.start_step: IntArray = empty
         self.prefill_left: IntArray = empty
         self.max_tokens: IntArray = empty
+        self.admitted_lo: IntArray = empty
         self.admitted_hi: IntArray = empty
         self.resumed: IntArray = empty
         self._requests: dict[RequestId, WaitingRequest] = {}
@@ -155,6 +157,7 @@ class RunningSet:
             "start_step": [step] * count,
             "prefill_left": [r.prompt_tokens for r in requests],
             "max_tokens": [_output_cap(r, kv_capacity_tokens) for r in requests],
+            "admitted_lo": [r.interval.lo for r in requests],
             "admitted_hi": [r.interval.hi for r in requests],
             "resumed": [r.resumed for r in requests],
         }

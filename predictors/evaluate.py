@@ -87,7 +87,9 @@ def survivor_report(
     checkpoints: Sequence[int],
 ) -> list[dict[str, Any]]:
     """Per checkpoint k, among rows with y > k: coverage after refine(generated=k), and with hi
-    kept fixed (lo raised only); median refined width; the share whose hi was already passed."""
+    kept fixed (lo raised only); median refined width; the share whose hi was already passed;
+    Kendall tau of the refined lo and hi against the remaining length y - k. A LengthModel is
+    asked as the scheduling loop asks it (`refine_admitted`, with the admitted interval)."""
     rows: list[dict[str, Any]] = []
     for k in checkpoints:
         alive = y > k
@@ -96,7 +98,10 @@ def survivor_report(
             continue
         ys, los, his, caps = y[alive], lo[alive], hi[alive], max_tokens[alive]
         gen = np.full(n, k, dtype=np.int64)
-        lo_k, hi_k = model.refine(los, his, gen, caps)
+        if isinstance(model, LengthModel):
+            lo_k, hi_k = model.refine_admitted(los, his, los, his, gen, caps)
+        else:
+            lo_k, hi_k = model.refine(los, his, gen, caps)
         fixed_lo = np.minimum(np.maximum(los, k + 1), caps)
         rows.append(
             {
@@ -107,6 +112,8 @@ def survivor_report(
                 "miss_below_lo": float(np.mean(ys < lo_k)),
                 "median_width": float(np.median(hi_k - lo_k)),
                 "hi_passed": float(np.mean(his <= k)),
+                "kendall_tau_lo": _tau(lo_k, ys - k),
+                "kendall_tau_hi": _tau(hi_k, ys - k),
             }
         )
     return rows

@@ -36,6 +36,7 @@ from predictors.lexicon import Lexicon, fit_lexicon, fold_of, prompt_labels
 from predictors.model_file import ModelFileError, read_model_file, write_model_file
 from predictors.quantile_model import QuantileBoosters, QuantileConfig, fit_quantile_boosters
 from predictors.splits import split_by_prompt
+from predictors.survivor import SurvivorModel, fit_survivor
 from predictors.unseen import DEFAULT_FOLDS, UnseenOffsets, fit_unseen_offsets
 
 if TYPE_CHECKING:
@@ -46,6 +47,8 @@ Kind = Literal["histogram", "quantile"]
 FloatArray = NDArray[np.float64]
 _BOOSTER_MEMBERS = ("q_lo.txt", "q_mid.txt", "q_hi.txt")
 _HISTOGRAM_MEMBER = "histogram.json"
+_SURVIVOR_MEMBERS = ("survivor_lo.txt", "survivor_hi.txt")
+_UNCAPPED = np.iinfo(np.int64).max // 4
 AUGMENT_FRACTION = 0.5  # share of training rows repeated as "unseen model" (and again, family)
 LEXICON_FOLDS = 5  # training rows get out-of-fold lexicon scores, as unseen prompts would
 logger = logging.getLogger("kvsched.predictor")
@@ -102,6 +105,7 @@ class LengthModel:
     d_hi: float
     info: TrainingInfo
     unseen: UnseenOffsets | None = None
+    survivor: SurvivorModel | None = None
     _reported: set[str] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -158,7 +162,24 @@ class LengthModel:
     def refine(
         self, lo: IntArray, hi: IntArray, generated: IntArray, max_tokens: IntArray
     ) -> tuple[IntArray, IntArray]:
+        """The ladder's refinement of the current interval (all this signature can know)."""
         return self.ladder.refine(lo, hi, generated, max_tokens)
+
+    def refine_admitted(
+        self,
+        admitted_lo: IntArray,
+        admitted_hi: IntArray,
+        lo: IntArray,
+        hi: IntArray,
+        generated: IntArray,
+        max_tokens: IntArray,
+    ) -> tuple[IntArray, IntArray]:
+        """Refine knowing the interval each request was admitted with (the prompt's prediction):
+        the survivor model re-predicts the remaining length when this file has one; without one
+        (files from before it), exactly `refine`."""
+        if self.survivor is None:
+            return self.ladder.refine(lo, hi, generated, max_tokens)
+        return self.survivor.refine(admitted_lo, admitted_hi, lo, hi, generated, max_tokens)
 
     def uncalibrated(self) -> LengthModel:
         """The same base model with zero conformal offsets (for comparisons only)."""
@@ -184,6 +205,9 @@ class LengthModel:
             members = dict(zip(_BOOSTER_MEMBERS, self.base.model_strings(), strict=True))
         else:
             members = {_HISTOGRAM_MEMBER: json.dumps(self.base.to_json())}
+        if self.survivor is not None:
+            header["survivor"] = self.survivor.header()
+            members.update(zip(_SURVIVOR_MEMBERS, self.survivor.model_strings(), strict=True))
         if self.spec.embedding is not None:
             members[PCA_MEMBER] = json.dumps(self.spec.embedding.arrays_json())
         write_model_file(path, header, members)
@@ -222,7 +246,15 @@ def _from_parts(header: dict[str, Any], members: dict[str, str]) -> LengthModel:
         float(header["d_hi"]),
         TrainingInfo(**header["training"]),
         UnseenOffsets.from_json(header["unseen"]) if "unseen" in header else None,
+        _survivor_from(header, members),
     )
+
+
+def _survivor_from(header: dict[str, Any], members: dict[str, str]) -> SurvivorModel | None:
+    if "survivor" not in header:  # files written before the survivor model: the ladder only
+        return None
+    texts = [members[name] for name in _SURVIVOR_MEMBERS]
+    return SurvivorModel.from_parts(header["survivor"], texts)
 
 
 def _lexicon_scores(train: LengthSamples, seed: int) -> tuple[Lexicon, NDArray[np.float64]]:
@@ -345,6 +377,7 @@ def fit(
     unseen_aware: bool = True,
     lexicon: bool = True,
     unseen_folds: int = DEFAULT_FOLDS,
+    survivor: bool = False,
 ) -> LengthModel:
     """Fit base + CQR + ladder; the rows are split by prompt id into train / calibration.
 
@@ -360,6 +393,9 @@ def fit(
     adds family columns, trains on rows repeated with the model (and family) hidden, and fits
     unseen-model offsets by cross-fitting over `unseen_folds` folds of held-out target models
     and families (`unseen.py`). Both False: the version-1 model of earlier releases.
+    survivor (quantile only): also fit the remaining-length model (`survivor.py`) that
+    `refine_admitted` uses while requests run: boosters on the training rows' survivors at the
+    ladder's checkpoints, conformal offsets per checkpoint from the calibration rows.
     """
     _check_fit_args(d_lo, d_hi, cal_fraction, kind, embedding_dims)
     train_rows, cal_rows = split_by_prompt(samples, (1.0 - cal_fraction, cal_fraction), seed)
@@ -397,4 +433,16 @@ def fit(
         )  # fmt: skip
     ladder = RefineLadder((), (), 1)
     model = LengthModel(kind, base, offsets, ladder, d_lo, d_hi, info, unseen)
-    return _with_ladder(model, cal, ladder_rule, ladder_min_survivors)
+    model = _with_ladder(model, cal, ladder_rule, ladder_min_survivors)
+    if not survivor or kind != "quantile" or not model.ladder.checkpoints:
+        return model
+    rows = []
+    for part in (train, cal):
+        lo, hi = model.predict(part.batch(_UNCAPPED))
+        rows.append((lo, hi, part.output_tokens.astype(np.int64)))
+    ladder = model.ladder
+    surv = fit_survivor(
+        rows[0], rows[1], ladder.checkpoints, d_lo=d_lo, d_hi=d_hi, seed=seed,
+        min_survivors=ladder_min_survivors, stop=ladder.stop, config=config,
+    )  # fmt: skip
+    return dataclasses.replace(model, survivor=surv)
