@@ -108,8 +108,7 @@ def test_server_behaves_as_its_openapi_document_says(case: schemathesis.Case) ->
 def test_enough_cases_ran() -> None:
     if not CASES:
         pytest.skip("run together with the conformance test above")
-    print(f"{len(CASES)} generated cases")
-    assert len(CASES) >= 1000
+    assert len(CASES) >= 1000, f"only {len(CASES)} cases ran"  # 1,906 here
 
 
 def test_document_states_limits_and_content_types(live_url: str) -> None:
