@@ -23,7 +23,7 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from typing import Any, Final
 
-from service.ipc import Inbound, Shutdown, WorkerReady
+from service.ipc import Inbound, KVHandover, Shutdown, WorkerReady
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats
 from service.roles import Role
 from service.settings import Settings
@@ -212,6 +212,8 @@ class PendingRequest:
     num_resubmits: int = 0
     handed_tokens: tuple[int, ...] = ()  # output of its prefill worker (stage "decode")
     resumed_tokens: tuple[int, ...] = ()  # output it resumes from without KV (failover)
+    kv: KVHandover | None = None  # its prefill worker's KV cache, until sent on
+    kv_sent: bool = False  # that KV went to a decode worker (and dies with it)
 
     @property
     def num_tokens(self) -> int:
@@ -226,9 +228,15 @@ class PendingRequest:
     def resume(self, stage: Role) -> None:
         """Its worker died: go on from the tokens streamed so far, on a worker of `stage` (a
         hand-over's KV is gone with it, so those tokens are prefilled again too)."""
-        if len(self.tokens) > len(self.handed_tokens):
+        if len(self.tokens) > len(self.handed_tokens) or self.kv_sent:
             self.resumed_tokens, self.handed_tokens = tuple(self.tokens), ()
-            self.stage = stage
+            self.stage, self.kv, self.kv_sent = stage, None, False
+
+    def take_kv(self) -> KVHandover | None:
+        """The KV to send with its next `Submit` (once: the pool keeps no copy)."""
+        kv, self.kv = self.kv, None
+        self.kv_sent = self.kv_sent or kv is not None
+        return kv
 
     def stage_request(self) -> GenerationRequest:
         """What its worker is sent: the request, with the output it continues from if any."""

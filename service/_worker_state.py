@@ -65,6 +65,9 @@ class WorkerCounters:
     host_overhead_s: float = 0.0
     handover_tokens: int = 0
     recomputed_tokens: int = 0
+    handover_bytes: int = 0
+    handover_s: list[float] = field(default_factory=list)
+    handover_copy_s: float = 0.0
 
     def stats(
         self,
@@ -89,6 +92,9 @@ class WorkerCounters:
             self.host_overhead_s,
             self.handover_tokens,
             self.recomputed_tokens,
+            self.handover_bytes,
+            self.handover_s,
+            self.handover_copy_s,
         )
 
 

@@ -13,14 +13,41 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+from numpy.typing import NDArray
+
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats
 
 
 @dataclass(frozen=True, slots=True)
+class KVHandover:
+    """A request's KV cache as its prefill worker computed it, on its way to a decode worker.
+
+    `arrays`: keys then values of each layer, host (numpy) copies of the device tensors, each
+    [1, kv_heads, num_tokens, head_dim]; `dtype` is the torch dtype's name (a bfloat16 or
+    float16 tensor travels as its raw 16-bit integers). `num_tokens` = prompt + output - 1: the
+    last output token's KV is computed by the decode worker's first step. `started_s`
+    (time.time(), one host clock) and `export_s` time the hand-over.
+    """
+
+    num_tokens: int
+    dtype: str
+    arrays: tuple[NDArray[Any], ...]
+    started_s: float
+    export_s: float
+
+    @property
+    def nbytes(self) -> int:
+        return int(sum(np.asarray(a).nbytes for a in self.arrays))
+
+
+@dataclass(frozen=True, slots=True)
 class Submit:
-    """Queue a request on the worker (it answers with `Events`, the last one final)."""
+    """Queue a request on the worker (it answers with `Events`, the last one final); `kv`: the
+    KV cache of a hand-over from a prefill worker (hf engine), None otherwise."""
 
     request: GenerationRequest
+    kv: KVHandover | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,10 +69,12 @@ class Shutdown:
 @dataclass(frozen=True, slots=True)
 class Prefilled:
     """A prefill worker produced the request's first token and released it: the pool hands it
-    (with `token_ids`, its output so far) to a decode worker."""
+    (with `token_ids`, its output so far, and `kv`, its KV cache if the engine exports it) to a
+    decode worker."""
 
     request_id: str
     token_ids: tuple[int, ...]
+    kv: KVHandover | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,8 @@ REQUEST_BUCKETS: Final = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20
                           50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 FORMATION_BUCKETS: Final = (1e-6, 1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3,
                             1e-2, 2.5e-2, 0.1)  # fmt: skip
+HANDOVER_BUCKETS: Final = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25,
+                            0.5, 1.0, 2.5)  # fmt: skip
 WIDTH_BUCKETS: Final = (0, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
 
 
@@ -100,6 +102,23 @@ class Metrics:
         )
         self.batch_formation_seconds = self._histogram(
             "batch_formation_seconds", "Time to form one batch", FORMATION_BUCKETS, "worker"
+        )
+        self.kv_handover_bytes = self._counter(
+            "kv_handover_bytes",
+            "Bytes of KV cache a decode worker received from prefill workers (hf engine)",
+            "worker",
+        )
+        self.kv_handover_seconds = self._histogram(
+            "kv_handover_seconds",
+            "Per KV hand-over: from the prefill worker's export to the cache installed on the"
+            " decode worker (copies, both pipes, the decode worker's queue)",
+            HANDOVER_BUCKETS,
+            "worker",
+        )
+        self.kv_handover_copy_seconds = self._counter(
+            "kv_handover_copy_seconds",
+            "Of the hand-overs' time: copying the KV to host arrays and installing it",
+            "worker",
         )
 
     def _request_histograms(self) -> None:
@@ -212,6 +231,12 @@ class Metrics:
         formation = self.batch_formation_seconds.labels(name, worker)
         for elapsed_s in stats.batch_formation_s:
             formation.observe(elapsed_s)
+        if stats.handover_bytes or stats.handover_s:
+            self.kv_handover_bytes.labels(name, worker).inc(stats.handover_bytes)
+            self.kv_handover_copy_seconds.labels(name, worker).inc(stats.handover_copy_s)
+            handover = self.kv_handover_seconds.labels(name, worker)
+            for elapsed_s in stats.handover_s:
+                handover.observe(elapsed_s)
 
     def observe_readiness(self, described: dict[str, Any], backend_ready: bool) -> None:
         """Set `workers_ready` from a backend's `describe()`: its workers that say they are

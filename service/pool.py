@@ -9,7 +9,10 @@ prompt + k tokens itself and continues with token k + 1: the client's stream goe
 error, no token twice and none missing (decoding is deterministic). A request fails only once
 it was on more than `settings.max_resubmits` dying workers, saying so. With worker roles
 (service.roles) a request goes to a prefill worker first, then with its first token to a decode
-worker; a failover of a request that streamed beyond that token goes to a decode worker.
+worker; a failover of a request that streamed beyond that token goes to a decode worker. A
+hand-over's KV cache (hf engine) passes through here once, from the prefill worker's pipe into
+the decode worker's queue; the pool keeps no copy, so if that decode worker dies the request
+resumes from its streamed tokens with recompute like any other.
 Invariant: every accepted request gets exactly one final event; none hangs or vanishes.
 """
 
@@ -176,7 +179,7 @@ class WorkerPool:
         slot.load_tokens += pending.weight
         slot.num_assigned += 1
         assert slot.proc is not None
-        slot.proc.send(ipc.Submit(pending.stage_request()))
+        slot.proc.send(ipc.Submit(pending.stage_request(), pending.take_kv()))
 
     def _unassign(self, pending: PendingRequest) -> None:
         if pending.slot is not None:
@@ -229,6 +232,7 @@ class WorkerPool:
             if pending is not None and pending.slot is slot:
                 self._unassign(pending)  # the prefill worker released it: on to a decode worker
                 pending.stage, pending.handed_tokens = "decode", prefilled.token_ids
+                pending.kv = prefilled.kv
                 self._assign(pending)
 
     def _on_stats(self, message: ipc.Stats) -> None:

@@ -93,6 +93,9 @@ class WorkerStats:
     host_overhead_s: float = 0.0  # iteration periods beyond the engine's own time (see worker)
     handover_tokens: int = 0  # KV tokens received from prefill workers instead of prefilled
     recomputed_tokens: int = 0  # prompt (+ resumed output) tokens prefilled again (see worker)
+    handover_bytes: int = 0  # bytes of KV caches received from prefill workers (hf engine)
+    handover_s: list[float] = field(default_factory=list)  # per received KV: export to installed
+    handover_copy_s: float = 0.0  # of which serializing (prefill side) + installing (this side)
 
 
 class Backend(Protocol):

@@ -102,11 +102,11 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"engine {self.engine!r} needs --model, a local Hugging Face model directory"
             )
+        if self.prefill_workers and self.engine not in ("sim", "hf"):
+            raise ValueError(f"worker roles need --engine sim or hf, not {self.engine!r}")
         if self.engine in ("vllm", "openai-upstream") and self.workers != 1:
             raise ValueError(f"engine {self.engine!r} runs no worker processes; leave --workers 1")
         self._check_upstream()
-        if self.prefill_workers and self.engine != "sim":
-            raise ValueError(f"worker roles need --engine sim for now, not {self.engine!r}")
         if self.prefill_workers and self.prefill_workers >= self.workers:
             raise ValueError(
                 f"--prefill-workers {self.prefill_workers} leaves no decode worker of"

@@ -9,6 +9,12 @@ sent are skipped); every submitted request gets exactly one final event, or (on 
 worker, service.roles) its first token and a `Prefilled` hand-over; an exception is reported as
 `WorkerFailed` and re-raised, so the process exits non-zero.
 
+KV hand-over: an engine with `export_kv` (hf) has a prefill worker attach the request's KV
+cache to its `Prefilled` message; the pool forwards it in the decode worker's `Submit`, whose
+engine installs it (`import_kv`) before the loop admits the request. A hand-over that arrives
+without KV at such an engine (the prefill side could not export it) is prefilled here, counted
+as recomputed.
+
 Recomputed tokens (`WorkerStats.recomputed_tokens`): the prompt (+ kept output) tokens the loop
 prefilled again for re-admitted evicted requests, plus prompt + output of a failover
 resubmission (its first prefill here repeats the dead worker's work).
@@ -16,6 +22,7 @@ resubmission (its first prefill here repeats the dead worker's work).
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import queue
 import signal
@@ -81,6 +88,8 @@ class Worker:
         self._prefilled: list[ipc.Prefilled] = []
         self._transit = Transit()
         self._handover_delay_s = getattr(self.engine, "handover_delay_s", None)
+        self._export_kv = getattr(self.engine, "export_kv", None)
+        self._import_kv = getattr(self.engine, "import_kv", None)
         self._counters = WorkerCounters()
         self._dirty = True
         self._last_report_s = 0.0
@@ -184,7 +193,8 @@ class Worker:
             if tokens:
                 self._outbox.append(tracked.event(tokens, text))
             output = tracked.request.output_token_ids + (token_id,)
-            self._prefilled.append(ipc.Prefilled(tracked.request.request_id, output))
+            kv = None if self._export_kv is None else self._export_kv(tracked.loop_id)
+            self._prefilled.append(ipc.Prefilled(tracked.request.request_id, output, kv))
             self._forget(tracked)
         elif is_last:
             reason = cast(FinishReason, self.engine.finish_reason(tracked.loop_id))
@@ -227,6 +237,9 @@ class Worker:
 
     def _on_submit(self, message: ipc.Submit) -> None:
         request = message.request
+        handover = request.output_offset and not request.recompute
+        if handover and message.kv is None and self._import_kv is not None:
+            request = dataclasses.replace(request, recompute=True)  # no KV came: prefill here
         if request.request_id in self._by_request:
             error = f"duplicate request id {request.request_id!r}"
             self._outbox.append(TokenEvent(request.request_id, finish_reason="error", error=error))
@@ -247,6 +260,16 @@ class Worker:
         self.engine.add(loop_id, request)
         tracked.in_engine = True
         handover = request.output_offset and not request.recompute
+        if handover and message.kv is not None and self._import_kv is not None:
+            try:
+                import_s = self._import_kv(loop_id, message.kv)
+            except ValueError as exc:
+                self._finish(tracked, "error", f"request rejected: {exc}")
+                return
+            counters = self._counters
+            counters.handover_bytes += message.kv.nbytes
+            counters.handover_s.append(max(0.0, time.time() - message.kv.started_s))
+            counters.handover_copy_s += message.kv.export_s + import_s
         if handover and self._handover_delay_s is not None:  # KV on its way here
             num_kv = len(request.prompt_token_ids) + request.output_offset
             self._transit.send(tracked, self._handover_delay_s(num_kv), time.monotonic())

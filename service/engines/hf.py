@@ -9,6 +9,13 @@ with token k + 1 (resume preemption, a failover resubmission that came with k to
 restarts from scratch (restart preemption) and regenerates the same tokens: greedy, or sampled
 with randomness fixed by the request's seed and the token's position (`_sample`). Never
 downloads.
+
+KV hand-over (prefill/decode worker roles): a prefill worker's `export_kv` copies a request's
+cache (prompt + output - 1 positions) to host arrays (`ipc.KVHandover`); a decode worker's
+`import_kv` installs them as the request's cache, and its admission then computes nothing of
+the prompt: the row's last prefill chunk runs as one decode step of the last output token on
+that cache. An eviction drops an imported cache like any other (the re-admission prefills).
+`prefill_tokens_computed` counts the tokens this engine ran through prefill forwards.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from numpy.typing import NDArray
 from algorithms.loop import StepResult
 from algorithms.state import RunningSet
 from service.engines._hf_batch import Row, forward_rows, group_rows, supports_batching
+from service.ipc import KVHandover
 from service.protocol import GenerationRequest
 from service.settings import Settings
 
@@ -78,6 +86,7 @@ class _Sequence:
     output: list[int] = field(default_factory=list)
     reason: str = "length"
     context: tuple[int, ...] = ()
+    imported: Any = None  # a handed-over cache, used at its (first) admission
 
     def admit(self, resumed: int) -> None:
         """A (re)admission: keep the first `resumed` output tokens, drop the rest and the KV."""
@@ -87,7 +96,7 @@ class _Sequence:
                 f" it has {len(self.output)}"
             )
         del self.output[resumed:]
-        self.cache, self.reason = None, "length"
+        self.cache, self.imported, self.reason = None, None, "length"
         self.context = self.request.prompt_token_ids + tuple(self.output)
 
 
@@ -126,6 +135,8 @@ class HFEngine:
         self.batched = batch and supports_batching(self.model.config)
         self._sequences: dict[int, _Sequence] = {}
         self._last: dict[int, int] = {}
+        self.exportable = supports_batching(self.model.config)  # plain layers: KV can move
+        self.prefill_tokens_computed = 0
 
     def add(self, loop_id: int, request: GenerationRequest) -> None:
         self._sequences[loop_id] = _Sequence(request, output=list(request.output_token_ids))
@@ -142,9 +153,18 @@ class HFEngine:
             if chunk == 0 and not produces[j]:
                 continue  # waits for its turn to prefill (chunked prefill)
             sequence = self._sequences[int(running.ids[j])]
-            if chunk and running.prefill_left[j] == running.prompt_tokens[j]:
+            first = chunk > 0 and running.prefill_left[j] == running.prompt_tokens[j]
+            if chunk and sequence.imported is not None:
+                if not first or int(running.resumed[j]) == len(sequence.output):
+                    if produces[j]:  # its KV came from a prefill worker: one decode step
+                        sequence.cache, sequence.imported = sequence.imported, None
+                        rows.append((j, (sequence.output[-1],)))
+                    continue
+                sequence.imported = None  # resumes elsewhere than handed over: prefill it
+            if first:
                 sequence.admit(int(running.resumed[j]))  # its first prefill chunk
             rows.append((j, self._inputs(sequence, chunk, int(running.prefill_left[j]))))
+            self.prefill_tokens_computed += chunk
         with torch.inference_mode():
             forward = self._forward_batched if self.batched else self._forward_each
             logits = forward(running, rows)
@@ -245,6 +265,59 @@ class HFEngine:
             return True
         return len(sequence.output) >= sequence.request.max_tokens
 
+    def export_kv(self, loop_id: int) -> KVHandover | None:
+        """The request's cache as host arrays (None: no cache, or a model whose cache layers
+        are not plain growing ones)."""
+        import torch
+
+        sequence = self._sequences.get(loop_id)
+        if sequence is None or sequence.cache is None or not self.exportable:
+            return None
+        started_s, started = time.time(), time.perf_counter()
+        layers = sequence.cache.layers
+        dtype = layers[0].keys.dtype
+        arrays: list[Any] = []
+        for layer in layers:
+            for tensor in (layer.keys, layer.values):
+                host = tensor.detach().to("cpu").contiguous()
+                if dtype in (torch.bfloat16, torch.float16):
+                    host = host.view(torch.int16)  # numpy has no bfloat16: ship the raw bits
+                arrays.append(host.numpy().copy())
+        num_tokens = int(layers[0].keys.shape[-2])
+        name = str(dtype).removeprefix("torch.")
+        return KVHandover(num_tokens, name, tuple(arrays), started_s, time.perf_counter() - started)
+
+    def import_kv(self, loop_id: int, kv: KVHandover) -> float:
+        """Install a handed-over cache for request `loop_id` (added, output = its tokens);
+        the seconds it took. ValueError if it does not fit the request."""
+        import torch
+        from transformers import DynamicCache
+
+        started = time.perf_counter()
+        sequence = self._sequences[loop_id]
+        expected = len(sequence.request.prompt_token_ids) + len(sequence.output) - 1
+        if kv.num_tokens != expected or not sequence.output:
+            raise ValueError(
+                f"request {sequence.request.request_id!r}: a KV cache of {kv.num_tokens} tokens"
+                f" for a context of {expected}"
+            )
+        dtype = getattr(torch, kv.dtype)
+        cache: Any = DynamicCache(config=self.model.config)
+        if len(cache.layers) * 2 != len(kv.arrays):
+            layers = len(cache.layers)
+            raise ValueError(f"a KV cache of {len(kv.arrays)} tensors for {layers} layers")
+        for index, layer in enumerate(cache.layers):
+            pair = []
+            for array in kv.arrays[2 * index : 2 * index + 2]:
+                tensor = torch.from_numpy(array)
+                if dtype in (torch.bfloat16, torch.float16):
+                    tensor = tensor.view(dtype)
+                pair.append(tensor.to(self.device))
+            layer.lazy_initialization(pair[0], pair[1])
+            layer.keys, layer.values = pair[0], pair[1]
+        sequence.imported = cache
+        return time.perf_counter() - started
+
     def step_tokens(self) -> dict[int, int]:
         return self._last
 
@@ -258,6 +331,7 @@ class HFEngine:
             self._sequences.pop(loop_id, None)
         elif loop_id in self._sequences:
             self._sequences[loop_id].cache = None
+            self._sequences[loop_id].imported = None
 
 
 def _sample(logits: Any, request: GenerationRequest, position: int) -> int:

@@ -155,11 +155,11 @@ def test_a_missing_plan_file_fails_in_one_line(
     assert err.count("\n") == 1 and "cannot read it (No such file or directory)" in err
 
 
-def test_roles_need_the_sim_engine_and_a_decode_worker(
+def test_roles_need_the_sim_or_hf_engine_and_a_decode_worker(
     waa_plan: tuple[Path, dict[str, Any]], capsys: pytest.CaptureFixture[str]
 ) -> None:
     path, _ = waa_plan
-    assert main(["serve", "--plan", str(path), "--engine", "hf", "--model", "/nowhere"]) == 2
-    assert "worker roles need --engine sim for now, not 'hf'" in capsys.readouterr().err
+    assert main(["serve", "--plan", str(path), "--engine", "vllm", "--model", "/nowhere"]) == 2
+    assert "worker roles need --engine sim or hf, not 'vllm'" in capsys.readouterr().err
     assert main(["serve", "--workers", "2", "--prefill-workers", "2"]) == 2
     assert "--prefill-workers 2 leaves no decode worker" in capsys.readouterr().err
