@@ -47,7 +47,7 @@ def build_model(path: Path, hidden: int, layers: int, heads: int) -> None:
     vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
     raw = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
     raw.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    fast = transformers.PreTrainedTokenizerFast(
+    fast = transformers.PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
         tokenizer_object=raw, unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
     )
     fast.save_pretrained(path)
@@ -106,9 +106,7 @@ def serve(settings: Settings, requests: list[GenerationRequest]) -> dict[str, An
         await asyncio.wait_for(pool.start(), 120)
         try:
             t0 = time.perf_counter()
-            results = await asyncio.wait_for(
-                asyncio.gather(*(one(r, t0) for r in requests)), 1200
-            )
+            results = await asyncio.wait_for(asyncio.gather(*(one(r, t0) for r in requests)), 1200)
             return results, time.perf_counter() - t0
         finally:
             await asyncio.wait_for(pool.stop(1.0), 60)
@@ -167,7 +165,10 @@ def main() -> None:
             "kv_tokens": 64_000, "max_batch_size": args.max_batch_size, "workers": 2,
             "worker_stall_timeout_s": 120.0,
         }  # fmt: skip
-        layouts = {"mixed x2": {}, "prefill 1 + decode 1": {"prefill_workers": 1}}
+        layouts: dict[str, dict[str, Any]] = {
+            "mixed x2": {},
+            "prefill 1 + decode 1": {"prefill_workers": 1},
+        }
         for name, extra in layouts.items():
             runs[name] = serve(Settings(**base, **extra), requests)
             print(name, {k: v for k, v in runs[name].items() if k != "tokens"}, flush=True)
