@@ -264,8 +264,10 @@ def test_prefill_decode_workers_hand_the_kv_over_and_survive_a_sigkill(
     # every KV that arrived: the prompt's, prompt + 1 tokens resumed at output position 1
     assert handover_bytes == per_token * (handover_tokens - received)
     rendered = metrics.render().decode()
-    assert 'kvsched:kv_handover_bytes_total{model_name="handover-test",worker="1"}' in rendered
-    assert "kvsched:kv_handover_seconds_bucket" in rendered
+    if victim != "decode":  # (a killed decode worker may take every KV it got with it)
+        assert received > 0
+        line = 'kvsched:kv_handover_bytes_total{model_name="handover-test",worker="1"}'
+        assert line in rendered and "kvsched:kv_handover_seconds_bucket" in rendered
     if victim is None:
         # every request's KV moved, and the decode worker prefilled none of the prompts
         assert received == NUM_REQUESTS
@@ -277,7 +279,6 @@ def test_prefill_decode_workers_hand_the_kv_over_and_survive_a_sigkill(
         )
     else:
         assert held > 0
-        assert received > 0  # hand-overs happened before or after the kill
         resubmitted = [line for line in rendered.splitlines() if line.startswith(
             "kvsched:request_resubmissions_total")]  # fmt: skip
         assert resubmitted and float(resubmitted[0].split()[-1]) > 0
