@@ -20,7 +20,7 @@ import httpx
 import pytest
 
 from tests.service.fakes import MODEL, FakeBackend, FakePredictor, make_app, serve
-from tests.service.test_serve_cmd import ROOT, free_port
+from tests.service.live_server import ROOT, free_port
 from tests.service.test_serve_e2e import Server, _wait_ready
 
 pytestmark = pytest.mark.anyio

@@ -11,10 +11,6 @@ breaks its schema fails the test.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -24,7 +20,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import positive_data_acceptance
 
-from tests.service.test_serve_cmd import ROOT, free_port
+from tests.service.live_server import live_server
 
 EXAMPLES = 600  # per operation; the two POST operations alone give > 1,000 cases
 CASES: list[int] = []
@@ -38,28 +34,10 @@ RULES = (
 
 @pytest.fixture(scope="module")
 def live_url() -> Iterator[str]:
-    port = free_port()
-    argv = ["serve", "--port", str(port), "--max-model-len", "256", "--speedup", "50",
-            "--log-level", "warning"]  # fmt: skip
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "service.cli", *argv], cwd=ROOT, env=env)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert process.poll() is None, "kvsched serve exited while starting"
-            time.sleep(0.3)
-        else:
-            pytest.fail("kvsched serve did not become ready in 90 s")
+    with live_server(
+        ["--max-model-len", "256", "--speedup", "50", "--log-level", "warning"]
+    ) as url:
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
 from service.cli import build_parser, main
 from service.serve_cmd import build_settings
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.service.live_server import ROOT, free_port
 
 
 def test_flags_override_environment_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,13 +67,6 @@ def test_bad_settings_end_with_one_error_line_and_status_2(
     assert main(["serve", *argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith("kvsched: error: ") and message in err and err.count("\n") == 1
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from tests.service.test_serve_cmd import ROOT, free_port
+from tests.service.live_server import ROOT, free_port
 
 MODEL = "kvsched-sim"
 GRACE_S = 5

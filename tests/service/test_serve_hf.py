@@ -6,12 +6,6 @@ to it with the official `openai` SDK. Needs torch + transformers (the `hf` extra
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,43 +16,20 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 openai = pytest.importorskip("openai")
 
+from tests.service.live_server import live_server  # noqa: E402
 from tests.service.test_hf_engine import WORDS, build_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     path: Path = tmp_path_factory.mktemp("tiny-llama")
     build_model(path)
-    port = free_port()
-    cmd = [sys.executable, "-m", "service.cli", "serve", "--engine", "hf", "--model", str(path),
-           "--port", str(port), "--policy", "amin", "--predictor", "none", "--kv-tokens", "400",
-           "--log-level", "warning"]  # max_model_len: the model's own 128 positions  # fmt: skip
-    proc = subprocess.Popen(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{url}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert proc.poll() is None, "server exited during start-up"
-            time.sleep(0.5)
-        else:
-            pytest.fail("server not ready within 90 s")
+    args = ["--engine", "hf", "--model", str(path), "--policy", "amin", "--predictor", "none",
+            "--kv-tokens", "400", "--log-level", "warning"]  # fmt: skip
+    with live_server(args) as url:  # max_model_len: the model's own 128 positions
         yield url
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=60) == 0
 
 
 def test_completions_and_streaming_chat_through_the_hf_engine(server: str) -> None:
