@@ -12,13 +12,25 @@ import json
 import logging
 import threading
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import IO, Protocol
 
-if TYPE_CHECKING:
-    from service.gateway import Job
+from service.protocol import FinishReason, GenerationRequest
 
 logger = logging.getLogger("kvsched.completion_log")
 LOGGED_REASONS = frozenset({"stop", "length"})
+
+
+class FinishedJob(Protocol):
+    """What the log reads of a finished request (the gateway's `Job` is one)."""
+
+    @property
+    def request(self) -> GenerationRequest: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def num_output_tokens(self) -> int: ...
+    @property
+    def finish_reason(self) -> FinishReason | None: ...
 
 
 class CompletionLog:
@@ -31,7 +43,7 @@ class CompletionLog:
         self._lock = threading.Lock()
         self._failed = False
 
-    def record(self, job: Job) -> None:
+    def record(self, job: FinishedJob) -> None:
         """Append the job's line if it finished ("stop"/"length") with output tokens."""
         request, num_output_tokens = job.request, job.num_output_tokens
         if self.path is None or job.finish_reason not in LOGGED_REASONS or num_output_tokens < 1:

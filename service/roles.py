@@ -10,16 +10,31 @@ is a pure function of (settings, worker_id), so a restarted worker keeps its slo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Final, Literal
+from typing import Final, Literal, Protocol, TypeVar
 
 from service.protocol import WorkerStats
 from service.settings import Settings
 
-if TYPE_CHECKING:
-    from service._worker_procs import WorkerSlot
-
 Role = Literal["mixed", "prefill", "decode"]
 ROLES: Final[tuple[Role, ...]] = ("mixed", "prefill", "decode")
+
+
+class RoleSlot(Protocol):
+    """What roles read of a worker slot (the pool's `WorkerSlot` is one)."""
+
+    @property
+    def worker_id(self) -> int: ...
+    @property
+    def role(self) -> Role: ...
+    @property
+    def proc(self) -> object | None: ...
+    @property
+    def ready(self) -> object | None: ...
+    @property
+    def load_tokens(self) -> int: ...
+
+
+SlotT = TypeVar("SlotT", bound=RoleSlot)
 
 
 def worker_role(settings: Settings, worker_id: int) -> Role:
@@ -46,7 +61,7 @@ def role_settings(settings: Settings, role: Role) -> Settings:
     return settings.model_copy(update=update) if update else settings
 
 
-def pick_slot(slots: Sequence[WorkerSlot], role: Role) -> WorkerSlot | None:
+def pick_slot(slots: Sequence[SlotT], role: Role) -> SlotT | None:
     """The live worker of `role` with the least projected load (ready ones first), or None."""
     live = [slot for slot in slots if slot.proc is not None and slot.role == role]
     if not live:
@@ -58,7 +73,7 @@ class RoleMetrics:
     """`kvsched:worker_role{worker, role}` (1 per worker) and `kvsched:kv_handover_tokens`,
     added to the app's `Metrics` registry (metrics without a registry: nothing is recorded)."""
 
-    def __init__(self, metrics: object, slots: Sequence[WorkerSlot]) -> None:
+    def __init__(self, metrics: object, slots: Sequence[RoleSlot]) -> None:
         registry = getattr(metrics, "registry", None)
         self._model = str(getattr(metrics, "model_name", ""))
         self._handover = None
