@@ -1,4 +1,9 @@
-"""The house style holds: ruff lint and format, mypy --strict, and the one-way import rule."""
+"""The house style holds: ruff lint and format, mypy --strict, and the import rules: packages
+import one way, no module imports itself through others (a cycle), and a `_private` module is
+imported only from its own package.
+
+Import rules count every import statement: module level, inside functions, and under
+`if TYPE_CHECKING:` (a cycle through type-only imports still ties the modules together)."""
 
 from __future__ import annotations
 
@@ -47,6 +52,81 @@ def test_imports_flow_one_way(package: str) -> None:
         assert ours <= ALLOWED[package], f"{path.relative_to(ROOT)} imports {ours}"
         if package == "algorithms":
             assert not imported_modules(path) & FRAMEWORKS, f"{path} imports a framework"
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def module_graph() -> dict[str, set[str]]:
+    """Each module of our packages -> the modules of our packages it imports (any import)."""
+    paths = {module_name(p): p for package in ALLOWED for p in (ROOT / package).rglob("*.py")}
+
+    def ours(name: str) -> str | None:  # `a.b.C` -> `a.b`: the longest prefix that is a module
+        while name and name not in paths:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {}
+    for module, path in paths.items():
+        package = module if path.name == "__init__.py" else module.rpartition(".")[0]
+        targets: set[str | None] = set()
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets.update(ours(alias.name) for alias in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parent = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parent, base] if base else parent)
+                targets.update(ours(f"{base}.{alias.name}") for alias in node.names)
+        graph[module] = {t for t in targets if t is not None and t != module}
+    return graph
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    cycles: list[list[str]] = []
+
+    def visit(module: str) -> None:
+        index[module] = low[module] = len(index)
+        stack.append(module)
+        for target in sorted(graph[module]):
+            if target not in index:
+                visit(target)
+                low[module] = min(low[module], low[target])
+            elif target in stack:
+                low[module] = min(low[module], index[target])
+        if low[module] == index[module]:
+            component = [stack.pop()]
+            while component[-1] != module:
+                component.append(stack.pop())
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for module in sorted(graph):
+        if module not in index:
+            visit(module)
+    return cycles
+
+
+def test_no_import_cycles() -> None:
+    cycles = import_cycles(module_graph())
+    assert not cycles, f"import cycles (break them with a protocol or by passing it in): {cycles}"
+
+
+def test_private_modules_stay_in_their_package() -> None:
+    for module, targets in module_graph().items():
+        package = module.rpartition(".")[0]
+        for target in targets:
+            parent, _, name = target.rpartition(".")
+            if name.startswith("_") and not name.startswith("__") and parent != package:
+                is_package = (ROOT / module.replace(".", "/") / "__init__.py").exists()
+                assert is_package and parent == module, f"{module} imports private {target}"
 
 
 def run_tool(*args: str) -> subprocess.CompletedProcess[str]:
