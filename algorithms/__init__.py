@@ -39,7 +39,20 @@ REGISTRY: dict[str, type[Any]] = {
     )
 }
 
-CLAIRVOYANT = frozenset({"hsf"})
+CLAIRVOYANT = frozenset(name for name, cls in REGISTRY.items() if cls.clairvoyant)
+
+
+def refuse_clairvoyant(name: str) -> None:
+    """Raise ValueError if policy `name` needs the true output lengths: no server knows them.
+
+    Every serving front-end (worker pool, vLLM backend and plug-in, upstream gateway) calls this
+    before building its batch former; unknown names are left to `make_batch_former`.
+    """
+    if name in CLAIRVOYANT:
+        raise ValueError(
+            f"policy {name!r} needs the true output lengths: simulator only "
+            "(a server cannot know true lengths)"
+        )
 
 
 def make_batch_former(name: str, **params: Any) -> BatchFormer:
@@ -75,4 +88,5 @@ __all__ = [
     "WaitingQueue",
     "WaitingRequest",
     "make_batch_former",
+    "refuse_clairvoyant",
 ]

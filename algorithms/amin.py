@@ -28,6 +28,7 @@ class AMinBatchFormer:
 
     name: ClassVar[str] = "amin"
     can_evict: ClassVar[bool] = True
+    clairvoyant: ClassVar[bool] = False
 
     def __init__(self, *, bound_after_eviction: str = "g", skip_on_failure: bool = False) -> None:
         if bound_after_eviction not in BOUND_RULES:

@@ -37,6 +37,7 @@ class ASFBatchFormer:
 
     name: ClassVar[str] = "asf"
     can_evict: ClassVar[bool] = True
+    clairvoyant: ClassVar[bool] = False
 
     def __init__(
         self,

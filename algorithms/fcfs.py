@@ -19,6 +19,7 @@ class FCFSBatchFormer:
 
     name: ClassVar[str] = "fcfs"
     can_evict: ClassVar[bool] = False
+    clairvoyant: ClassVar[bool] = False
 
     def __init__(self, *, skip_on_failure: bool = False, reserve_fraction: float = 0.0) -> None:
         self.skip_on_failure = skip_on_failure

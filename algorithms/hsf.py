@@ -22,6 +22,7 @@ class HSFBatchFormer:
 
     name: ClassVar[str] = "hsf"
     can_evict: ClassVar[bool] = False
+    clairvoyant: ClassVar[bool] = True  # constructed with the true output lengths
 
     def __init__(self, *, true_lengths: ArrayLike | None = None) -> None:
         if true_lengths is None:

@@ -25,10 +25,14 @@ class BatchFormer(Protocol):
         can_evict: whether the former may return a non-empty `evict`. The loop rejects evictions
             from a former that says False, and treats a capacity overflow of such a former as a
             bug unless a running request outlived its predicted upper bound.
+        clairvoyant: whether it plans with the true output lengths (constructed with
+            `true_lengths`). Only the simulator has them; every serving front-end refuses such a
+            former through `algorithms.refuse_clairvoyant`.
     """
 
     name: ClassVar[str]
     can_evict: ClassVar[bool]
+    clairvoyant: ClassVar[bool]
 
     def waiting_key(self, request: WaitingRequest) -> Any:
         """Sort key of the waiting queue: the loop keeps waiting requests in this order."""

@@ -28,6 +28,7 @@ class SortedFBatchFormer:
 
     name: ClassVar[str] = "sorted-f"
     can_evict: ClassVar[bool] = False
+    clairvoyant: ClassVar[bool] = False
 
     def __init__(self, *, exact_max_items: int = 64) -> None:
         self.exact_max_items = exact_max_items

@@ -22,6 +22,7 @@ class VLLMBatchFormer:
 
     name: ClassVar[str] = "vllm"
     can_evict: ClassVar[bool] = True
+    clairvoyant: ClassVar[bool] = False
 
     def __init__(self, *, watermark: float = 0.0) -> None:
         self.watermark = check_fraction("watermark", watermark)

@@ -68,6 +68,7 @@ class TimedFormer:
     def __init__(self, former: Any) -> None:
         self.former = former
         self.name, self.can_evict = former.name, former.can_evict
+        self.clairvoyant = former.clairvoyant
         self.waiting_key, self.planning_length = former.waiting_key, former.planning_length
         self.samples_ms: list[float] = []
 

@@ -26,7 +26,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any, Final
 
-from algorithms import CLAIRVOYANT, make_batch_former
+from algorithms import make_batch_former, refuse_clairvoyant
 from service import ipc
 from service._worker_procs import (
     OutboundReader,
@@ -52,8 +52,7 @@ class WorkerPool:
     """Implements `Backend`. `metrics.observe_worker(stats, policy)` gets every worker report."""
 
     def __init__(self, settings: Settings, metrics: object | None = None) -> None:
-        if settings.policy in CLAIRVOYANT:
-            raise ValueError(f"policy {settings.policy!r} needs true lengths; it cannot serve")
+        refuse_clairvoyant(settings.policy)
         make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad params
         self.settings = settings
         self.metrics = metrics

@@ -31,7 +31,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Final
 
-from algorithms import CLAIRVOYANT, make_batch_former
+from algorithms import make_batch_former, refuse_clairvoyant
 from service.engines.hf import HFTokenizer
 from service.metrics import Metrics
 from service.protocol import FinishReason, GenerationRequest, TokenEvent
@@ -224,8 +224,7 @@ class VllmBackend:
     request asks for sampling)."""
 
     def __init__(self, settings: Settings, metrics: object | None = None) -> None:
-        if settings.policy in CLAIRVOYANT:
-            raise ValueError(f"policy {settings.policy!r} needs true lengths; it cannot serve")
+        refuse_clairvoyant(settings.policy)
         make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad names
         require_vllm()
         self.settings, self.metrics = settings, metrics

@@ -19,7 +19,7 @@ from typing import Any, Final
 
 import httpx
 
-from algorithms import CLAIRVOYANT, make_batch_former
+from algorithms import make_batch_former, refuse_clairvoyant
 from service.engines.base import Tokenizer
 from service.protocol import GenerationRequest, TokenEvent
 from service.settings import Settings
@@ -55,8 +55,7 @@ class UpstreamBackend:
         metrics: object | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        if settings.policy in CLAIRVOYANT:
-            raise ValueError(f"policy {settings.policy!r} needs true lengths; it cannot serve")
+        refuse_clairvoyant(settings.policy)
         make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad names
         if not settings.upstream:
             raise ValueError("engine 'openai-upstream' needs at least one --upstream URL")

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from algorithms import CLAIRVOYANT, make_batch_former
+from algorithms import make_batch_former, refuse_clairvoyant
 from algorithms.protocols import BatchFormer
 
 CONFIG_ENV = "KVSCHED_SCHEDULER_CONFIG"
@@ -35,10 +35,10 @@ class SchedulerSettings:
     policy_params: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.policy in CLAIRVOYANT:
-            raise SchedulerConfigError(
-                f"policy {self.policy!r} needs the true output lengths: simulator only"
-            )
+        try:
+            refuse_clairvoyant(self.policy)
+        except ValueError as exc:
+            raise SchedulerConfigError(str(exc)) from None
 
     def make_former(self) -> BatchFormer:
         try:

@@ -28,6 +28,7 @@ class ScriptedFormer:
 
     name: ClassVar[str] = "scripted"
     can_evict: ClassVar[bool] = False
+    clairvoyant: ClassVar[bool] = False
 
     def __init__(self, decision: BatchDecision) -> None:
         self.decision = decision
