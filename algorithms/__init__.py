@@ -23,7 +23,7 @@ from algorithms.state import RunningSet, SchedulerState, WaitingQueue
 from algorithms.types import BatchDecision, LengthInterval, RequestId, WaitingRequest
 from algorithms.vllm import VLLMBatchFormer
 
-REGISTRY: dict[str, type[Any]] = {
+REGISTRY: dict[str, type[BatchFormer]] = {
     cls.name: cls
     for cls in (
         VLLMBatchFormer,
@@ -62,7 +62,7 @@ def make_batch_former(name: str, **params: Any) -> BatchFormer:
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; choose from {', '.join(REGISTRY)}") from None
     try:
-        former: BatchFormer = cls(**params)
+        former = cls(**params)
     except TypeError as exc:
         raise ValueError(f"policy {name!r}: {exc}") from None
     return former
