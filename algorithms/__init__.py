@@ -1,4 +1,4 @@
-"""Scheduling core and batch formers (spec §1-§4). Imports no web or ML framework.
+"""Scheduling core and batch formers (docs/algorithms.md). Imports no web or ML framework.
 
 `REGISTRY` maps the CLI names to batch-former classes; `make_batch_former(name, **params)`
 builds one and rejects unknown names or parameters with a message listing the valid ones.

@@ -1,9 +1,9 @@
 """Admission rules shared by the batch formers (SGLang's split of ordering from admission).
 
 `admit_with_future_check`: walk the waiting queue in the former's order and admit while the
-future-memory check of spec §1.4 passes; stop at the first failure (the papers' rule, §9 #3)
-or skip it. `admit_while_prompt_fits`: vLLM's rule (ecosystem §1.4): admit in order while the
-new prompt fits in the KV memory free *now*, no look-ahead; stop at the first that does not fit.
+future-memory check (docs/algorithms.md) passes; stop at the first failure (our reading of the
+papers) or skip it. `admit_while_prompt_fits`: vLLM's rule: admit in order while the new prompt fits
+in the KV memory free *now*, no look-ahead; stop at the first that does not fit.
 """
 
 from __future__ import annotations
@@ -68,7 +68,8 @@ def future_check_decision(
     """The whole decision of a non-evicting list scheduler (FCFS-MC, MC-SF, A_max, H-SF).
 
     Running requests are projected with `running_planned` (one per running row);
-    `reserve_fraction` keeps that share of M out of the check (spec §9 #18's protection).
+    `reserve_fraction` keeps that share of M out of the check (protection against predictions that
+    are too short).
     """
     if not len(state.waiting) or state.batch_room() == 0:
         return BatchDecision.empty()

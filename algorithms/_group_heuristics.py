@@ -1,4 +1,4 @@
-"""Heuristic Sorted-F group selection (spec §3.7): first-fit greedy starts + local search.
+"""Heuristic Sorted-F group selection (docs/algorithms.md): first-fit greedy starts + local search.
 
 Works on block-rounded weights w = s + o (validated by algorithms._groups). Key invariant: every
 returned group is feasible, sum(w) <= cap. Local search moves (add / swap one-in-one-out /
@@ -112,7 +112,8 @@ def _first_fit(order: IntArray, w: IntArray, cap: int) -> IntArray:
 
 
 def _best_prefix(order: IntArray, w: IntArray, o: IntArray, cap: int) -> IntArray:
-    """§3.7: first-fit scan of `order`, then the prefix of the accepted ids with the least F."""
+    """The paper's greedy: first-fit scan of `order`, then the prefix of the accepted ids with the
+    least F."""
     acc = _first_fit(order, w, cap)
     if acc.size == 0:
         return acc
@@ -131,7 +132,7 @@ def greedy_group(
 ) -> IntArray:
     """Best group over the starts, then local search; ids ascending, empty if nothing fits.
 
-    Start 0 is the spec's order (o ascending, then weight, then id). From it alone the local
+    Start 0 is the paper's order (o ascending, then weight, then id). From it alone the local
     search moves never improve F: an item that is lighter in o than a member was rejected by the
     first-fit scan with less memory in use, so it fits neither as an add nor as a swap, and adds
     or removes of later items are prefixes the prefix choice already rejected. multi_start adds

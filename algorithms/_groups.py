@@ -1,10 +1,10 @@
-"""Sorted-F group selection (spec §3.3-§3.7): minimise F(X) = sum(o) / |X|^2 over feasible X.
+"""Sorted-F group selection (docs/algorithms.md): minimise F(X) = sum(o) / |X|^2 over feasible X.
 
-Feasibility is additive (§3.4, §9 #6): sum(s_i + o_i) <= capacity; items that cannot fit alone are
-never chosen. Exact: the knapsack DP of §3.6, O(n * k_max * M) per group. Heuristic (in
-_group_heuristics): §3.7 greedy, extra starts (ours) and local search. `select_group` uses the DP
-when n_fit <= 64 and n_fit * k_max * (M + 1) <= 2e7 cells (~20 MB of take tables, well under a
-second per group; plan_groups repeats it up to n times, so O(n^3 M) in all).
+Feasibility is additive: sum(s_i + o_i) <= capacity; items that cannot fit alone are
+never chosen. Exact: a knapsack DP, O(n * k_max * M) per group. Heuristic (in
+_group_heuristics): the paper's greedy, extra starts (ours) and local search. `select_group` uses
+the DP when n_fit <= 64 and n_fit * k_max * (M + 1) <= 2e7 cells (~20 MB of take tables, well under
+a second per group; plan_groups repeats it up to n times, so O(n^3 M) in all).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ _INF = np.iinfo(np.int64).max // 4  # "no subset": INF + o never overflows and n
 
 
 def group_f(outputs: npt.ArrayLike) -> float:
-    """F(X) = sum(o) / |X|^2 (§3.3); lower is better. Raises ValueError for an empty group."""
+    """F(X) = sum(o) / |X|^2; lower is better. Raises ValueError for an empty group."""
     arr = np.asarray(outputs)
     if arr.size == 0:
         raise ValueError("F is undefined for an empty group")
@@ -89,7 +89,8 @@ def _knapsack(w: IntArray, o: IntArray, cap: int, take: BoolArray | None) -> Int
 def knapsack_table(
     prompt_tokens: Tokens, output_tokens: Tokens, capacity: int, *, block_tokens: int = 1
 ) -> npt.NDArray[np.float64]:
-    """The §3.6 table D over the items that fit alone, as floats with inf for "no subset".
+    """The DP table D (least sum(o) of k items of weight w) over the items that fit alone, as floats
+    with inf for "no subset".
 
     Shape (k_max + 1, capacity // block_tokens + 1); F at size k is D[k, -1] / k^2.
     """
@@ -128,13 +129,14 @@ def _exact(w: IntArray, o: IntArray, cap: int) -> IntArray:
 def select_group_exact(
     prompt_tokens: Tokens, output_tokens: Tokens, capacity: int, *, block_tokens: int = 1
 ) -> IntArray:
-    """Exact argmin-F feasible group (§3.6), ids ascending; empty if no item fits alone.
+    """Exact argmin-F feasible group (the DP), ids ascending; empty if no item fits alone.
 
-    Tie-breaks are exact (§9 #8): larger |X| (chosen over D[:, M]), then smaller total weight
-    (the first m with D[k, m] = D[k, M]), then the lexicographically smallest ids (greedy
-    reconstruction that takes each id, smallest first, whenever an optimal set allows it). With
-    block_tokens > 1, weights and the weight tie-break are in blocks, and the group is feasible
-    in tokens because weights round up and capacity rounds down.
+    Tie-breaks are exact (docs/algorithms.md, "Choices where the papers are open"): larger |X|
+    (chosen over D[:, M]), then smaller total weight (the first m with D[k, m] = D[k, M]), then the
+    lexicographically smallest ids (greedy reconstruction that takes each id, smallest first,
+    whenever an optimal set allows it). With block_tokens > 1, weights and the weight tie-break are
+    in blocks, and the group is feasible in tokens because weights round up and capacity rounds
+    down.
     """
     return _exact(*_prepare(prompt_tokens, output_tokens, capacity, block_tokens))
 
@@ -149,10 +151,10 @@ def select_group_greedy(
     multi_start: bool = True,
     block_tokens: int = 1,
 ) -> IntArray:
-    """§3.7 greedy (best prefix of a first-fit scan by o ascending) + optional local search.
+    """The paper's greedy (best prefix of a first-fit scan by o ascending) + optional local search.
 
     multi_start=True (ours) also scans in order of o + lam * w for a grid of lam and keeps the
-    best start; False is the spec's single start. max_moves defaults to 10 * n. Always
+    best start; False is the paper's single start. max_moves defaults to 10 * n. Always
     feasible; F is never below the exact optimum.
     """
     w, o, cap = _prepare(prompt_tokens, output_tokens, capacity, block_tokens)
@@ -191,7 +193,7 @@ def select_group(
 def plan_groups(
     prompt_tokens: Tokens, output_tokens: Tokens, capacity: int, **select_kwargs: Any
 ) -> tuple[list[IntArray], IntArray]:
-    """§3.5: select groups (select_group(**select_kwargs)) until every item that fits alone is
+    """Sorted-F: select groups (select_group(**select_kwargs)) until every item that fits alone is
     grouped; sort the groups by F, stable. Returns (groups, unfit): groups hold original ids
     ascending; unfit lists ids whose (block-rounded) s + o exceeds the capacity, never grouped.
     """

@@ -1,9 +1,9 @@
-"""A_max, the conservative algorithm of Chen et al. (spec §4.3).
+"""A_max, the conservative algorithm of Chen et al. (docs/algorithms.md).
 
-Plans every request at its upper bound `u_i = hi` and admits in ascending `hi` while the §1.4
-check passes, stopping at the first failure; never overflows while true lengths stay <= hi.
-With per-request intervals this is exactly MC-SF planning with `hi` (spec §4.6 [C]), so the two
-share one implementation; they are kept as two names because the papers report both.
+Plans every request at its upper bound `u_i = hi` and admits in ascending `hi` while the
+future-memory check passes, stopping at the first failure; never overflows while true lengths stay
+<= hi. With per-request intervals this is exactly MC-SF planning with `hi` (our reading [C]), so the
+two share one implementation; they are kept as two names because the papers report both.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""A_min, the adaptive optimistic algorithm of Chen et al. (spec §4.4).
+"""A_min, the adaptive optimistic algorithm of Chen et al. (docs/algorithms.md, "A_min details").
 
 Plans with lower bounds and learns while running: a running request's bound rises to the tokens
 it has produced (refine). If the running requests' next tokens overflow M, evict in ascending
 current bound (ties: fewer tokens, later start, smaller id) until they fit; an evicted request
-restarts later with its bound raised to what it produced (`g`, or `g + 1` as an option, §9 #9).
-Then admit waiting requests in ascending bound while the §1.4 check passes, planning waiting
-requests at their bound and running ones at max(bound, g + 1); stop at the first failure.
+restarts later with its bound raised to what it produced (`g`, or `g + 1` as an option).
+Then admit waiting requests in ascending bound while the future-memory check passes, planning
+waiting requests at their bound and running ones at max(bound, g + 1); stop at the first failure.
 """
 
 from __future__ import annotations

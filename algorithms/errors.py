@@ -1,7 +1,7 @@
 """Errors raised by the scheduling core.
 
 A batch former that returns an impossible decision is a bug in that former, so the loop
-raises instead of repairing it silently (spec §1; style §7.5).
+raises instead of repairing it silently (docs/algorithms.md, "The model").
 """
 
 

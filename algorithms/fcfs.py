@@ -1,8 +1,8 @@
-"""FCFS with the future-memory check: the papers' "MC-Benchmark" (spec §2.5, §3.9).
+"""FCFS with the future-memory check: the papers' "MC-Benchmark" (docs/algorithms.md, "Baselines").
 
-Arrival order; each waiting request is admitted only if the projected memory of spec §1.4 stays
-within M for every future iteration when everyone runs for their planning length (the interval's
-upper bound); stop at the first failure (or skip it, as an option). Never evicts.
+Arrival order; each waiting request is admitted only if the projected memory of the future-memory
+check stays within M for every future iteration when everyone runs for their planning length (the
+interval's upper bound); stop at the first failure (or skip it, as an option). Never evicts.
 """
 
 from __future__ import annotations

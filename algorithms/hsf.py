@@ -1,6 +1,6 @@
-"""H-SF, the hindsight shortest-first benchmark of Chen et al. (spec §4.2).
+"""H-SF, the hindsight shortest-first benchmark of Chen et al. (docs/algorithms.md).
 
-Knows every true output length: admits in ascending true length while the §1.4 check passes
+Knows every true output length: admits in ascending true length while the future-memory check passes
 with exact lengths, stopping at the first failure. It never overflows and never evicts. It is
 a simulator-only yardstick: construct it with the true lengths or it refuses to run.
 """

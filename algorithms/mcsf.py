@@ -1,8 +1,8 @@
-"""MC-SF, Memory-Constrained Shortest-First (Jaillet et al., spec §2.3).
+"""MC-SF, Memory-Constrained Shortest-First (Jaillet et al.; docs/algorithms.md).
 
 Waiting requests in ascending predicted length (ties: arrival, prompt, id), admitted while the
-future-memory check of §1.4 passes with every request planned at its upper bound `hi`; stop at
-the first failure. Never evicts. With exact lengths (lo = hi = o) this is H-SF (§4.2).
+future-memory check (docs/algorithms.md) passes with every request planned at its upper bound `hi`;
+stop at the first failure. Never evicts. With exact lengths (lo = hi = o) this is H-SF.
 """
 
 from __future__ import annotations

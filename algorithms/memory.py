@@ -1,4 +1,4 @@
-"""The future-memory feasibility check of spec §1.4, incremental and vectorised.
+"""The future-memory feasibility check (docs/algorithms.md), incremental and vectorised.
 
 Time is measured in iterations from now (offset d = 0 is the coming iteration). A job that
 holds `a` KV tokens in the coming iteration and is planned to run `r` more iterations holds

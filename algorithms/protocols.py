@@ -48,7 +48,7 @@ class BatchFormer(Protocol):
 
 
 class IntervalRefiner(Protocol):
-    """Tightens the interval of running requests as they generate (predictors.md §3.4).
+    """Tightens the interval of running requests as they generate (docs/predictors.md).
 
     Called by the loop before each batch formation for the running requests that have
     produced at least one token; arrays are int64 and aligned. Must return lo >= generated + 1

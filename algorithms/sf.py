@@ -1,4 +1,4 @@
-"""Shortest-first with vLLM's admission rule: what an SJF patch to vLLM does (spec §3.2).
+"""Shortest-first with vLLM's admission rule: what an SJF patch to vLLM does (docs/algorithms.md).
 
 Waiting requests in ascending planning length (`hi`), admitted while the prompt fits in the
 memory free now, preempting the most recently admitted request on overflow, exactly as `vllm`.

@@ -1,12 +1,12 @@
-"""Sorted-F (Wang, Ye, Zhou; spec §3) and its continuous variant Sorted-F-C (§3.8).
+"""Sorted-F (Wang, Ye, Zhou) and our continuous variant Sorted-F-C (docs/algorithms.md).
 
 Both pick groups X of waiting requests minimising F(X) = sum(o) / |X|^2 under the additive
-knapsack capacity sum(s + o) <= M (§3.3-3.4), with o the planning length (`hi`; exact lengths
+knapsack capacity sum(s + o) <= M, with o the planning length (`hi`; exact lengths
 give the paper's clairvoyant setting). `sorted-f` runs groups synchronously: the next group is
-chosen from the requests waiting then, and starts only once the whole current group has finished
-(§3.5). `sorted-f-c` keeps the groups only as a priority order and refills memory every
-iteration with the §1.4 check, stopping at the first failure. Group selection is the exact DP
-for small backlogs and greedy + local search above `exact_max_items` (see `_groups`).
+chosen from the requests waiting then, and starts only once the whole current group has
+finished. `sorted-f-c` keeps the groups only as a priority order and refills memory every
+iteration with the future-memory check, stopping at the first failure. Group selection is the
+exact DP for small backlogs and greedy + local search above `exact_max_items` (see `_groups`).
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ class SortedFBatchFormer:
 
 
 class SortedFContinuousBatchFormer(SortedFBatchFormer):
-    """Sorted-F order (group index, then planning length), continuous §1.4 admission.
+    """Sorted-F order (group index, then planning length), continuous future-memory admission.
 
     Carries the group order across iterations: re-planning every waiting request at every
     arrival costs a full group selection per arrival. Requests that arrived since the last plan

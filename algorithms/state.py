@@ -23,7 +23,7 @@ WaitingKey = Callable[[WaitingRequest], Any]
 
 
 def arrival_key(request: WaitingRequest) -> tuple[float, int]:
-    """Arrival order, ties in trace order (ids are assigned in trace order; spec §3.9)."""
+    """Arrival order, ties in trace order (ids are assigned in trace order)."""
     return (request.arrival_s, request.id)
 
 
@@ -82,16 +82,16 @@ class RunningSet:
     """Running requests as parallel int64 arrays, oldest admission first.
 
     `generated[j]` counts tokens produced by request j's current run before this iteration;
-    in the coming iteration it holds `prompt_tokens[j] + generated[j] + 1` KV tokens (spec §1.2).
-    `prefill_left[j]` is the part of the prompt not yet prefilled: the whole prompt on admission,
-    0 once the first token is out. Only chunked prefill makes it span several iterations; the
-    KV accounting reserves the whole prompt from admission either way.
-    `lo`/`hi` are the current interval (a refiner may move them while the request runs);
+    in the coming iteration it holds `prompt_tokens[j] + generated[j] + 1` KV tokens
+    (docs/algorithms.md, "The model"). `prefill_left[j]` is the part of the prompt not yet
+    prefilled: the whole prompt on admission, 0 once the first token is out. Only chunked prefill
+    makes it span several iterations; the KV accounting reserves the whole prompt from admission
+    either way. `lo`/`hi` are the current interval (a refiner may move them while the request runs);
     `admitted_lo`/`admitted_hi` is the interval it was admitted with, `max_tokens` its output cap.
     `resumed[j]` counts output tokens an earlier run produced that `prompt_tokens[j]` includes
-    (`WaitingRequest.resumed`): request j's output so far is `resumed[j] + generated[j]`.
-    `resume` says what an evicted row keeps: its tokens (True, vLLM's recompute preemption) or
-    nothing (False, the papers' restart).
+    (`WaitingRequest.resumed`): request j's output so far is `resumed[j] + generated[j]`. `resume`
+    says what an evicted row keeps: its tokens (True, vLLM's recompute preemption) or nothing
+    (False, the papers' restart).
     """
 
     def __init__(self, *, resume: bool = True) -> None:

@@ -1,7 +1,7 @@
 """Value types shared by every batch former: what a policy may know about a request.
 
 The true output length is deliberately absent: only the executor (simulated or real) knows it,
-so a non-clairvoyant policy cannot read it by accident (spec §1.1, style §7.2).
+so a non-clairvoyant policy cannot read it by accident (docs/algorithms.md, "The model").
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ RequestId = int
 
 @dataclass(frozen=True, slots=True)
 class LengthInterval:
-    """Predicted output length interval [lo, hi] in tokens, 1 <= lo <= hi (spec §4.1)."""
+    """Predicted output length interval [lo, hi] in tokens, 1 <= lo <= hi."""
 
     lo: int
     hi: int

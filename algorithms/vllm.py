@@ -1,4 +1,4 @@
-"""vLLM's default scheduling, the baseline users run today (ecosystem §1.4-1.5).
+"""vLLM's default scheduling, the baseline users run today (docs/algorithms.md, "Batch formers").
 
 Arrival order. If the running requests' next tokens overflow the KV cache, preempt the most
 recently admitted request until they fit (recompute: under the loop's default resume

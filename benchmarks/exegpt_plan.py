@@ -3,8 +3,8 @@ latency targets next to continuous batching, and branch-and-bound vs exhaustive 
 
 Run: python benchmarks/exegpt_plan.py   (about a minute on 2 cores)
 Writes docs/benchmarks/exegpt_plan.{json,md,png}. Cost model: the llama3-8b-h100 preset, 8
-devices, 500 requests sampled per trace (seed 0). Targets follow spec §7.3: the bottom 10/30/70%
-of the static-batching latencies over its batch sizes, plus no bound (inf).
+devices, 500 requests sampled per trace (seed 0). Targets follow the paper's latency bounds: the
+bottom 10/30/70% of the static-batching latencies over its batch sizes, plus no bound (inf).
 """
 
 from __future__ import annotations

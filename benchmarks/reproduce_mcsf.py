@@ -1,12 +1,13 @@
-"""Reproduction of MC-SF's synthetic experiment (spec §2.6) against the exact hindsight optimum.
+"""Reproduction of MC-SF's synthetic experiment against the exact hindsight optimum.
 
 Instances: unit cost, M ~ U{30..50}, s ~ U{1..5}, o ~ U{1..M - s}; all at t = 0, or Poisson
 arrivals with lambda ~ U[0.5, 1.5] per slot. MC-SF runs with exact lengths (= H-SF) through
-the simulator; the optimum is the §2.2 integer program solved with HiGHS. Reports the mean /
-best / worst ratio of average latency and how many trials MC-SF was optimal, beside the papers'
-1.005 / 1.000 / 1.074 (114 of 200 optimal) and 1.047 / 1.000 / 1.227. FCFS (MC-Benchmark) is
-reported as well. The paper used ~40-60 requests and Gurobi; HiGHS proves optimality only for
-far smaller instances in our time budget, so `--num-requests` is smaller (see docs).
+the simulator; the optimum is the integer program of docs/algorithms.md ("Hindsight optimum") solved
+with HiGHS. Reports the mean / best / worst ratio of average latency and how many trials MC-SF was
+optimal, beside the papers' 1.005 / 1.000 / 1.074 (114 of 200 optimal) and 1.047 / 1.000 / 1.227.
+FCFS (MC-Benchmark) is reported as well. The paper used ~40-60 requests and Gurobi; HiGHS proves
+optimality only for far smaller instances in our time budget, so `--num-requests` is smaller (see
+docs).
 
     python benchmarks/reproduce_mcsf.py --trials 200 --num-requests 7 --out docs/benchmarks
 """

@@ -2,7 +2,7 @@
 
 `predict` gives each request [lo, hi] with 1 <= lo <= hi <= its `max_tokens`; `refine` tightens
 the interval of a request still running after k generated tokens (lo >= k + 1 always, hi
-recalibrated so survivors stay covered; spec predictors.md §3.1, §3.4). `LengthSamples` is what
+recalibrated so survivors stay covered; docs/predictors.md, "Refinement"). `LengthSamples` is what
 every trainer reads: one row per (prompt, target model) with the true output length.
 """
 
@@ -95,7 +95,7 @@ class LengthSamples:
 
 
 class IntervalPredictor(Protocol):
-    """A calibrated output-length interval model (predictors.md §3.1)."""
+    """A calibrated output-length interval model (docs/predictors.md)."""
 
     def predict(self, batch: PromptBatch) -> tuple[IntArray, IntArray]:
         """Return (lo, hi) int64 arrays with 1 <= lo <= hi <= batch.max_tokens."""

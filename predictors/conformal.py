@@ -1,4 +1,4 @@
-"""Split conformal calibration (CQR, log space) and the refinement ladder (predictors.md §3.3-3.4).
+"""Split conformal calibration (CQR, log space) and the refinement ladder (docs/predictors.md).
 
 CQR: per side, the offset is the ceil((n+1)(1-d))-th smallest calibration score, so a fresh
 exchangeable request misses below lo with probability <= d_lo and above hi with <= d_hi.
@@ -167,9 +167,9 @@ def fit_ladder(
     start: int = LADDER_START,
     min_survivors: int = MIN_SURVIVORS,
 ) -> RefineLadder:
-    """Calibrate rho_k on rows with y > k, for k = start, 2 start, ... (predictors.md §3.4).
+    """Calibrate rho_k on rows with y > k, for k = start, 2 start, ... (docs/predictors.md).
 
-    Without `hi`: rho_k is the conformal (1 - d_hi) quantile of y / k (the spec's rule).
+    Without `hi`: rho_k is the conformal (1 - d_hi) quantile of y / k (the plain rule).
     With the rows' predicted `hi`: a survivor already covered by its own hi scores 0, so rho_k
     only has to lift the survivors whose hi was too low (same guarantee, much tighter early).
     The ladder stops at the first k with fewer than `min_survivors` calibration rows left.

@@ -1,4 +1,4 @@
-"""Readers for the three length-data layouts (predictors.md §3.6), each filling a `RowBuffer`.
+"""Readers for the three length-data layouts (docs/predictors.md), each filling a `RowBuffer`.
 
 AlpacaEval ``model_outputs`` JSON lists, Arena-Hard folders (``question.jsonl`` and
 ``model_answer/*.jsonl``) and the canonical JSONL (which is also the service's completion log).

@@ -1,4 +1,4 @@
-"""Shared pieces of the length-data readers (predictors.md §3.6): the format error, checked field
+"""Shared pieces of the length-data readers (docs/predictors.md): the format error, checked field
 access and the row buffer every reader fills.
 
 Invariant: any bad input surfaces as one `DatasetFormatError` line naming the file, the place

@@ -1,4 +1,4 @@
-"""Length data for training and evaluation (predictors.md §3.6): any supported layout -> rows.
+"""Length data for training and evaluation (docs/predictors.md): any supported layout -> rows.
 
 `load_samples(path)` detects the layout: an AlpacaEval ``model_outputs`` JSON file or folder of
 them, an Arena-Hard folder (``question.jsonl`` + ``model_answer/*.jsonl``), or canonical JSONL

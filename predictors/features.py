@@ -1,12 +1,12 @@
-"""Cheap prompt features for the output-length models (spec predictors.md §3.2, tier P2).
+"""Cheap prompt features for the output-length models (docs/predictors.md, tier P2).
 
 `FeatureSpec` fixes the feature names and the target-model vocabulary at training time, so a saved
 model knows its columns; `featurize` turns a `PromptBatch` into a float64 matrix in that order.
-Invariant: the columns depend only on (prompt, prompt_tokens, model) and the spec, never on data
-seen at predict time; an unknown model gets all-zero one-hots and the `model_unknown` flag.
+Invariant: the columns depend only on (prompt, prompt_tokens, model) and the `FeatureSpec`, never on
+data seen at predict time; an unknown model gets all-zero one-hots and the `model_unknown` flag.
 Version 2 adds the target model's family (`families.model_family`: one-hot, or `family_unknown`)
-and, optionally, a learned word-lexicon score (`lexicon.py`); a model name absent from training
-then still carries its family. Version 1 files (no family, no lexicon) still load and predict.
+and, optionally, a learned word-lexicon score (`lexicon.py`); a model name absent from training then
+still carries its family. Version 1 files (no family, no lexicon) still load and predict.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""P1 baseline: per-stratum empirical length quantiles, no learning (spec predictors.md §3.2).
+"""P1 baseline: per-stratum empirical length quantiles, no learning (docs/predictors.md).
 
 Strata are prompt-length bins x target model. A stratum with fewer than `min_stratum` rows takes
 its parent's quantiles: (model, bin) -> (model, all bins) -> (all models, bin) -> global. The

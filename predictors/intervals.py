@@ -1,4 +1,4 @@
-"""Synthetic prediction intervals for simulation (spec algorithms.md §4.6, protocol families 1-3).
+"""Synthetic prediction intervals for simulation (docs/algorithms.md, "Intervals for simulation").
 
 Pure functions over arrays, independent of the learned-predictor interface. Invariant: the
 returned (lo, hi) are int64 with 1 <= lo <= hi, and without ``miss`` noise every family except

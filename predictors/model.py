@@ -1,4 +1,4 @@
-"""`LengthModel`: a calibrated output-length interval predictor (spec predictors.md §3.2-3.4).
+"""`LengthModel`: a calibrated output-length interval predictor (docs/predictors.md, "The model").
 
 A base model (P1 histogram or P2 LightGBM quantiles, both in log1p space) + split-CQR offsets +
 the refinement ladder. `fit` splits the given rows by prompt into train / calibration; the
@@ -384,7 +384,7 @@ def fit(
     kind: "histogram" (P1) or "quantile" (P2, LightGBM; `config` tunes it). d_lo / d_hi: miss
     budgets below lo and above hi. mondrian: one CQR offset pair per target model with at least
     `mondrian_min_group` calibration rows (others use the global pair). ladder_rule: "ratio"
-    (spec §3.4 as written) or "ratio_given_hi" (default: survivors already covered by their
+    (the plain conformal ratio) or "ratio_given_hi" (default: survivors already covered by their
     own hi need no lift; same guarantee, narrower early). Deterministic for a given seed.
     embedding_dims > 0 (quantile only; needs the optional wheel, see predictors/embedding.py):
     add that many PCA columns of the prompt's MiniLM embedding, embeddings cached in the

@@ -1,4 +1,4 @@
-"""P2: LightGBM quantile regression of log1p(output tokens) (spec predictors.md §3.2).
+"""P2: LightGBM quantile regression of log1p(output tokens) (docs/predictors.md).
 
 Three boosters at q = d_lo, 0.5, 1 - d_hi over the `features.featurize` matrix. Training and
 prediction are single-threaded and deterministic (LightGBM's quantile objective is ~25x slower

@@ -1,4 +1,4 @@
-"""Train / calibration / test splits by prompt, never by row (spec predictors.md §3.3, §3.5).
+"""Train / calibration / test splits by prompt, never by row (docs/predictors.md, "Calibration").
 
 Rows that share a prompt id (the same prompt answered by several models) always land in the
 same split, so calibration and test see only prompts the learner never saw. Deterministic for

@@ -1,4 +1,5 @@
-"""Token counts for length data (predictors.md §3.6): the Llama-3 tokenizer, one for all data.
+"""Token counts for length data (docs/predictors.md, "The data and the tokenizer"): the Llama-3
+tokenizer, one for all data.
 
 Which tokenizer: the official Llama-3 byte-level BPE (128,000 merge ranks, tiktoken format, the
 same one Llama 3.x models serve with), read from ``llama_models/llama3/tokenizer.model`` in the

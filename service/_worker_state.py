@@ -101,7 +101,8 @@ class WorkerCounters:
 @dataclass(slots=True)
 class Transit:
     """KV hand-overs on their way to this (decode) worker, over one link, one at a time, so
-    they never slow the iterations already running (spec exegpt.md §8: via host memory)."""
+    they never slow the iterations already running (via host memory; docs/serving.md, "Worker
+    roles")."""
 
     link_free_s: float = 0.0
     queue: deque[tuple[float, TrackedRequest]] = field(default_factory=deque)

@@ -1,4 +1,4 @@
-"""The gateway app factory: `uvicorn --factory service.app:create_app` (style §7.7).
+"""The gateway app factory: `uvicorn --factory service.app:create_app` (docs/architecture.md).
 
 No module-level app: `create_app()` reads `Settings` (KVSCHED_* env) when none are passed, and
 builds the default backend (`service.pool.WorkerPool`), the engine's tokenizer and the length

@@ -1,4 +1,5 @@
-"""HTTP errors in OpenAI's shape, and the gateway's outer ASGI middleware (style §7.5).
+"""HTTP errors in OpenAI's shape, and the gateway's outer ASGI middleware (docs/serving.md, "Bad
+input, overload, faults").
 
 Every error leaves as `{"error": {"message", "type", "param", "code"}}`: `ApiError` raised in a
 route, FastAPI's request-validation errors (400, not 422), Starlette's 404/405, and anything

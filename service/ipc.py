@@ -1,4 +1,4 @@
-"""Messages between the worker pool and its worker processes (style §7.7).
+"""Messages between the worker pool and its worker processes (docs/architecture.md).
 
 Inbound (pool -> worker): `Submit`, `Cancel`, `Shutdown`. Outbound (worker -> pool): `Events`
 (one iteration's `TokenEvent`s and `Prefilled` hand-overs), `Stats` (`WorkerStats`),

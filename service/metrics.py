@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app: vLLM's names under the `kvsched:` prefix, plus ours (§1.8).
+"""Prometheus metrics of one app: vLLM's names under the `kvsched:` prefix, plus ours
+(docs/serving.md, "Metrics").
 
 Each `Metrics` owns its own CollectorRegistry (never the global one), so several apps can live
 in one process. Two feeds update it: the gateway, per request, through `track()` (latency

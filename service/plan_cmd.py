@@ -1,7 +1,7 @@
 """`kvsched plan`: pick the ExeGPT configuration with the most throughput under a latency target.
 
-Samples input/output lengths from a trace, runs the branch and bound (spec exegpt.md §5) over
-RRA and WAA on a cost model, compares with the static- and continuous-batching baselines, and
+Samples input/output lengths from a trace, runs the branch and bound (docs/planner.md, "XScheduler")
+over RRA and WAA on a cost model, compares with the static- and continuous-batching baselines, and
 writes a JSON plan whose "serve" section names worker roles, counts and batch limits
 (docs/planner.md). No configuration meeting the target is an error (exit 2), not an empty plan.
 """

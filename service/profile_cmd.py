@@ -1,4 +1,4 @@
-"""`kvsched profile`: XProfiler (spec exegpt.md §3, issue 6) over a serving engine.
+"""`kvsched profile`: XProfiler (docs/planner.md, "Profiling"; issue 6) over a serving engine.
 
 Times the engine's real iterations over a grid of batch size x sequence length (a prefill
 iteration, then decode iterations, per cell; TP degree 1: our engines have no TP), fits

@@ -1,4 +1,4 @@
-"""What the gateway and the workers say to each other: small frozen records (style §7.7).
+"""What the gateway and the workers say to each other: small frozen records (docs/architecture.md).
 
 The gateway turns an HTTP request into a `GenerationRequest` (already tokenized and given its
 predicted interval) and hands it to a `Backend`; the backend answers with a stream of

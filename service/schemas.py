@@ -1,4 +1,4 @@
-"""OpenAI / vLLM wire formats for /v1/completions and /v1/chat/completions (ecosystem.md §1.9).
+"""OpenAI / vLLM wire formats for /v1/completions and /v1/chat/completions (docs/serving.md, "API").
 
 Requests are strict (a wrong JSON type is a 400, never coerced) and ignore unknown fields, like
 vLLM. Every OpenAI parameter is either honoured or refused: values outside OpenAI's ranges are a

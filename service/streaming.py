@@ -1,4 +1,4 @@
-"""Response bodies in vLLM's byte format: SSE chunks and whole responses (ecosystem.md §1.9).
+"""Response bodies in vLLM's byte format: SSE chunks and whole responses (docs/serving.md, "API").
 
 A stream is `data: {json}\\n\\n` per chunk (chat opens with a role chunk), `finish_reason` on the
 last content chunk, an optional usage chunk with empty `choices`, then `data: [DONE]\\n\\n`; a

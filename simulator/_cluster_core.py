@@ -1,4 +1,4 @@
-"""Building blocks of the cluster simulation (simulator.cluster; spec exegpt.md §4.5-4.6).
+"""Building blocks of the cluster simulation (simulator.cluster; docs/planner.md).
 
 `DecodeBatch` holds the running queries as arrays (KV held, decode iterations left);
 `Pipeline` times micro-batches on a pipeline layout with `simulator.exegpt.timing.stage_time_s`
@@ -69,7 +69,7 @@ class Pipeline:
 
     def period_s(self, times: Sequence[float]) -> float:
         """One decode iteration of every micro-batch: stage 1 busy time, or one lap of the
-        pipeline per micro-batch, whichever is longer (spec §4.5: max(P, m) * t)."""
+        pipeline per micro-batch, whichever is longer (max(P, m) * t)."""
         return float(max(sum(times), self.depth * max(times)))
 
 

@@ -1,6 +1,6 @@
 """Arrival control for a replayed trace: keep, compress, replace by Poisson, or collapse to t=0.
 
-Experiments scale a real trace's load or swap its arrival process (spec algorithms.md: Poisson
+Experiments scale a real trace's load or swap its arrival process (Poisson
 arrivals at a chosen rate, or an all-at-t=0 backlog). Invariant: the result is a valid `Trace`
 with the same requests in the same order; only ``arrival_s`` (and, with ``limit``, the length)
 changes.

@@ -1,4 +1,4 @@
-"""Cluster mode of the discrete-event simulator (spec exegpt.md §2, §4.5-4.6; issue 6).
+"""Cluster mode of the discrete-event simulator (issue 6; docs/planner.md, "XSimulator").
 
 Public API:
     simulate_cluster(config, workload, cost, cluster, *, progress=None) -> ClusterResult
@@ -9,7 +9,7 @@ Public API:
         fits_memory, prediction() -> simulator.exegpt.config.Prediction, summary() -> dict
     kv_transfer_ms_per_token(kv_bytes_per_token, link_bytes_per_s) -> float
 
-Request level, saturated backlog (every request waiting at t=0, spec §1.1), real sampled
+Request level, saturated backlog (every request waiting at t=0), real sampled
 lengths. RRA: all devices form one pipeline that alternates an encode phase (up to B_E queries,
 capped so the decode batch stays <= B_D, in min(P, B) micro-batches) with N_D decode iterations
 (min(P, batch) micro-batches), the decode drain charged at the end of each block. WAA: an encode

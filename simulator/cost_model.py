@@ -1,4 +1,4 @@
-"""Per-iteration time model for the simulator (spec algorithms.md §1.6, our fallback [C]).
+"""Per-iteration time model for the simulator (docs/cost_models.md; ours, not the papers').
 
 T_iter(ms) = c0 + c_p * prefill_tokens + c_d * num_decode + c_kv * kv_tokens, or exactly one
 time unit per iteration when ``unit`` is set (the papers' theory). Invariant: every coefficient is
@@ -26,7 +26,7 @@ _COEFFICIENT_FIELDS: Final = (
 
 @dataclass(frozen=True, slots=True)
 class CostModel:
-    """Linear iteration-time model; symbols follow spec §1.6.
+    """Linear iteration-time model; symbols follow docs/cost_models.md.
 
     Attributes:
         name: preset name or profile label.
@@ -136,7 +136,7 @@ def _llama3_8b_h100() -> CostModel:
     )
 
 
-PAPER_KV_CAPACITY_TOKENS: Final = 16_492  # M of the papers' Llama2-70B / 2xA100 setting (§1.6)
+PAPER_KV_CAPACITY_TOKENS: Final = 16_492  # M of the papers' Llama2-70B / 2xA100 setting
 
 PRESETS: Final[dict[str, CostModel]] = {
     "unit": CostModel(
@@ -156,7 +156,7 @@ PRESETS: Final[dict[str, CostModel]] = {
         prefill_ms_per_token=0.45,
         decode_ms_per_request=0.05,
         kv_ms_per_token=8e-5,
-        description="Spec §1.6 roofline fallback (ours, not the papers'): Llama2-70B, TP=2, A100.",
+        description="Roofline fallback (ours, not the papers'): Llama2-70B, TP=2, A100.",
     ),
     "llama3-8b-h100": _llama3_8b_h100(),
 }

@@ -1,9 +1,12 @@
-"""Hindsight optimum of the time-indexed IP (spec algorithms.md §2.2), its LP bound, §2.6 instances.
+"""Hindsight optimum of the time-indexed IP, its LP bound, MC-SF's synthetic instances.
+
+See docs/algorithms.md, "Hindsight optimum".
 
 Column (i, k) means request i starts at slot k: it holds s_i + (t - k + 1) tokens in slots
-k..k+o_i-1 (§1.2) and finishes at c_i = k + o_i. Solved with scipy's HiGHS after clique cuts and
-reduced-cost fixing against a list-scheduling incumbent; both keep an optimum. Invariant:
-a returned schedule keeps every slot's memory <= capacity and lower_bound <= total_latency.
+k..k+o_i-1 (docs/algorithms.md, "The model") and finishes at c_i = k + o_i. Solved with scipy's
+HiGHS after clique cuts and reduced-cost fixing against a list-scheduling incumbent; both keep an
+optimum. Invariant: a returned schedule keeps every slot's memory <= capacity and lower_bound <=
+total_latency.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class HindsightResult:
 
 @dataclass(frozen=True, slots=True)
 class SyntheticInstance:
-    """One §2.6 instance: per-request arrival slot, s_i, o_i, and the KV capacity M."""
+    """One MC-SF synthetic instance: per-request arrival slot, s_i, o_i, and the KV capacity M."""
 
     arrival_slots: IntArray
     prompt_tokens: IntArray
@@ -94,11 +97,11 @@ def make_synthetic_instance(
     num_requests: int | None = None,
     rate: float | None = None,
 ) -> SyntheticInstance:
-    """Draw M ~ U{30..50}, s_i ~ U{1..5}, o_i ~ U{1..M-s_i} (§2.6), in that order.
+    """Draw M ~ U{30..50}, s_i ~ U{1..5}, o_i ~ U{1..M-s_i}, in that order.
 
     'batch': every arrival at slot 0. 'poisson': lambda ~ U[0.5, 1.5] per slot unless `rate` is
     given, arrival slots = floor of cumulative Exp(lambda) gaps. The paper reports 40-60 requests
-    (§9 #19), far beyond what HiGHS proves optimal; with the default 6 a solve took 1.1 s on
+    (40-60 requests), far beyond what HiGHS proves optimal; with the default 6 a solve took 1.1 s on
     average (200 trials: 3.6 min on one core, all proven), with 7 about 8-9 s, heavy-tailed.
     """
     num = DEFAULT_NUM_REQUESTS if num_requests is None else num_requests
@@ -122,7 +125,7 @@ def make_synthetic_instance(
 def memory_profile(
     start_slots: IntArray, prompt_tokens: IntArray, output_tokens: IntArray
 ) -> IntArray:
-    """KV tokens held in each slot 0..makespan-1 by requests started at `start_slots` (§1.2)."""
+    """KV tokens held in each slot 0..makespan-1 by requests started at `start_slots`."""
     o = np.asarray(output_tokens, dtype=np.int64)
     age = _ragged_arange(o)
     owner = np.repeat(np.arange(o.size), o)
@@ -141,7 +144,7 @@ def solve_hindsight(
     relax: bool = False,
     time_limit_s: float = 60.0,
 ) -> HindsightResult:
-    """Minimise TEL = sum(c_i - a_i) over non-preemptive schedules within `capacity` (§2.2).
+    """Minimise TEL = sum(c_i - a_i) over non-preemptive schedules within `capacity`.
 
     `horizon` bounds every completion slot. The default max(a) + sum(o) is safe: an optimal
     schedule never leaves a slot after max(a) empty (shifting the later starts one slot earlier

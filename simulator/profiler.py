@@ -1,4 +1,4 @@
-"""XProfiler's fitting half (spec exegpt.md §3; issue 6): timed iterations -> a `CostModel`.
+"""XProfiler's fitting half (docs/planner.md, "Profiling"): timed iterations -> a `CostModel`.
 
 Each `ProfileSample` is one engine iteration with the load the simulator charges for it
 (prefill tokens, decoding requests, KV tokens held: as `SimulatedExecutor` counts them). The fit

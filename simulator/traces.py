@@ -1,7 +1,7 @@
 """Request traces for replay: the `Trace` columns and `load_trace` for four file formats.
 
-Reads the Azure 2023 CSV, Mooncake JSONL, Vidur CSV and our canonical JSONL (spec
-ecosystem.md §5.1: the simulator reads real traces). Invariant: a `Trace` is sorted by arrival
+Reads the Azure 2023 CSV, Mooncake JSONL, Vidur CSV and our canonical JSONL (docs/architecture.md,
+"A trace through `kvsched simulate`"). Invariant: a `Trace` is sorted by arrival
 with the first arrival at 0.0 (or all NaN for a lengths-only file), and a malformed file raises
 `TraceFormatError`, whose text is one line `file:line: field 'name': problem`.
 """

@@ -1,4 +1,4 @@
-"""Hypothesis strategies: small random instances of the §1 model."""
+"""Hypothesis strategies: small random instances of the model in docs/algorithms.md."""
 
 from __future__ import annotations
 

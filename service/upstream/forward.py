@@ -1,4 +1,5 @@
-"""One request forwarded to an upstream as a streaming /v1/completions call (ecosystem.md §1.9).
+"""One request forwarded to an upstream as a streaming /v1/completions call (see
+docs/serving-upstream.md).
 
 `completion_body` builds the request (prompt text or token ids, `stream_options` asking for
 usage on every chunk, the interval in `vllm_xargs` for an upstream running kvsched's scheduler);

@@ -1,4 +1,4 @@
-"""The background reader of every upstream's /metrics (ecosystem.md §1.8, §2.2).
+"""The background reader of every upstream's /metrics (docs/serving-upstream.md, "Routing by load").
 
 Each round GETs `/metrics` of every upstream at once (and `/v1/models` until the served model
 name is known), updates reachability, reported load and the learned KV capacity, reports one

@@ -1,9 +1,10 @@
 """One upstream server's state: what its /metrics reported and what we have sent it.
 
-`parse_load` reads vLLM's gauges (ecosystem.md §1.8: `vllm:kv_cache_usage_perc` averaged over
-its engines, `vllm:num_requests_waiting` / `_running` summed) or SGLang's (`sglang:token_usage`,
-`sglang:num_queue_reqs`, `sglang:num_running_reqs`). Invariant of `Upstream`: `projected_tokens`
-and `used_tokens` are sums over exactly the requests admitted to it and not yet released.
+`parse_load` reads vLLM's gauges (docs/serving-upstream.md, "Routing by load":
+`vllm:kv_cache_usage_perc` averaged over its engines, `vllm:num_requests_waiting` / `_running`
+summed) or SGLang's (`sglang:token_usage`, `sglang:num_queue_reqs`, `sglang:num_running_reqs`).
+Invariant of `Upstream`: `projected_tokens` and `used_tokens` are sums over exactly the requests
+admitted to it and not yet released.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""Monotonicity audit of XSimulator over the search grid (spec exegpt.md §5.2, Table 5 analogue).
+"""Monotonicity audit of XSimulator over the search grid (docs/planner.md, "XScheduler").
 
-For every knob, adjacent grid points are compared against the direction the spec assumes
-(§2.4); a pair violates it when the metric moves the wrong way by more than ``tolerance``
-(relative). Violations are counted and one example is kept, never hidden: the branch and bound
-is only guaranteed to match exhaustive search where the counts are zero.
+For every knob, adjacent grid points are compared against the direction the paper assumes
+(docs/planner.md, "Knob directions"); a pair violates it when the metric moves the wrong way by more
+than ``tolerance`` (relative). Violations are counted and one example is kept, never hidden: the
+branch and bound is only guaranteed to match exhaustive search where the counts are zero.
 """
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from dataclasses import dataclass, field
 from simulator.exegpt.config import Prediction, SearchSpace
 from simulator.exegpt.search import Evaluator, Point, Slice, slices
 
-# knob -> (throughput rises with the knob, latency rises with the knob), spec §2.4
+# knob -> (throughput rises with the knob, latency rises with the knob), as the paper assumes
 EXPECTED = {
     "encode_batch": (True, True),
     "encode_frequency": (True, True),  # 1 / N_D
     "micro_batches": (False, False),  # more micro-batches: lower latency, lower throughput [P]
-    "tp_gpus": (False, False),  # more TP devices: shallower pipeline [P] (§5.1 reading)
+    "tp_gpus": (False, False),  # more TP devices: shallower pipeline [P] (its optimisation section)
 }
 
 

@@ -1,4 +1,4 @@
-"""Baselines for `kvsched plan` (spec exegpt.md §7.3): FT-style static batching and vLLM replicas.
+"""Baselines for `kvsched plan` (docs/planner.md): FT-style static batching and vLLM replicas.
 
 Static batching [P, G]: N/d replicas at TP degree d run batches of B to the end of their longest
 member (no early termination); throughput uses the expected batch maximum, the latency target

@@ -1,4 +1,6 @@
-"""Shared ExeGPT planner types (spec exegpt.md §2, §4.1): cluster, configuration, workload, result.
+"""Shared ExeGPT planner types: cluster, configuration, workload, result.
+
+See docs/planner.md ("Model", "XSimulator"); tags [P]/[D]/[G] are explained there.
 
 A `Config` is one point of the search space (policy RRA or WAA plus its knobs); a `Workload` is
 the input/output length sample the planner reasons about; a `Prediction` is what XSimulator (or
@@ -24,8 +26,9 @@ Policy = Literal["rra", "waa"]
 POLICIES: Final[tuple[Policy, ...]] = ("rra", "waa")
 IntArray = NDArray[np.int64]
 
-# Weights in KV-token units for the presets (weights bytes / KV bytes per token), [G] §4.5.
-# llama2-70b: 2 * 68.98e9 bytes of BF16 weights / (2 * 80 layers * 8 kv heads * 128 * 2 bytes).
+# Weights in KV-token units for the presets (weights bytes / KV bytes per token), [G]
+# (docs/planner.md, "Memory"). llama2-70b: 2 * 68.98e9 bytes of BF16 weights / (2 * 80 layers * 8 kv
+# heads * 128 * 2 bytes).
 PRESET_WEIGHT_KV_TOKENS: Final[dict[str, int]] = {
     "llama3-8b-h100": LLAMA3_8B_WEIGHT_BYTES // LLAMA3_8B_KV_BYTES_PER_TOKEN,
     "llama2-70b-a100x2": (2 * 68_976_648_192) // (2 * 80 * 8 * 128 * 2),
@@ -85,7 +88,7 @@ class ClusterSpec:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """One ExeGPT configuration (spec §2.4 knobs).
+    """One ExeGPT configuration: the knobs of docs/planner.md, "Knob directions".
 
     Attributes:
         policy: "rra" (all devices alternate encode and decode) or "waa" (separate pipelines).
@@ -98,7 +101,8 @@ class Config:
         num_gpus: N, all devices used.
         encode_gpus, decode_gpus: WAA's split of N (0 and 0 for RRA). WAA puts the TP groups
             on the encode side first, the rest on the decode side.
-        variant: how the WAA split was chosen: "c" compute- or "m" memory-balanced (spec §2.2),
+        variant: how the WAA split was chosen: "c" compute- or "m" memory-balanced (the paper's
+        WAA-C / WAA-M),
             "" when it was searched (the planner tries every split) and always "" for RRA.
     """
 
@@ -165,7 +169,7 @@ class Config:
 
 @dataclass(frozen=True, slots=True, eq=False)
 class Workload:
-    """Input/output length sample (spec §4.1: P_E and P_D as empirical distributions).
+    """Input/output length sample (input and output lengths as empirical distributions).
 
     ``output_tokens`` counts every generated token; the prefill produces the first one, so a
     request with s output tokens needs s - 1 decode iterations.
@@ -240,7 +244,7 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class SearchSpace:
-    """The knob grid XScheduler searches (spec §5.3). Values must be sorted ascending.
+    """The knob grid XScheduler searches (docs/planner.md). Values must be sorted ascending.
 
     The WAA split (encode_gpus) is searched over every value 1..N-1; micro-batches over
     1..min(decode pipeline depth, ``max_micro_batches``); TP devices over multiples of d.

@@ -1,6 +1,6 @@
-"""XScheduler: monotone branch and bound over the ExeGPT knobs (spec exegpt.md §5) [P, G].
+"""XScheduler: monotone branch and bound over the ExeGPT knobs [P, G] (docs/planner.md).
 
-Outer loops enumerate replicas (N split into equal data-parallel copies, spec §10.1 [G]),
+Outer loops enumerate replicas (N split into equal data-parallel copies [G]),
 policy, TP degree d, TP devices k and (WAA) the encode/decode split; each
 slice's 2-D grid (RRA: B_E x encode frequency; WAA: B_E x micro-batches) is searched best-first
 by its throughput upper bound. Invariant: with monotone predictions and zero tolerance the
@@ -171,7 +171,7 @@ def _halves(lo: Point, hi: Point, axis: int, mid: int) -> tuple[tuple[Point, Poi
 def branch_and_bound(
     evaluator: Evaluator, space: SearchSpace, target_s: float, *, tolerance: float = 0.0
 ) -> SearchResult:
-    """Spec §5.3 over every slice, sharing the incumbent across slices."""
+    """The 2-D branch and bound over every slice, sharing the incumbent across slices."""
     started = time.perf_counter()
     cells = list(slices(space, evaluator.cluster.num_gpus, evaluator.cluster.max_tp_degree))
     best_cfg: tuple[Config, int] | None = None

@@ -1,4 +1,4 @@
-"""Distribution-shift detector and replanning (spec exegpt.md §6, the proposed detector) [G].
+"""Distribution-shift detector and replanning (docs/planner.md, "Has the workload shifted?") [G].
 
 A sliding window of completed requests' lengths is compared with the planning sample: a shift
 is flagged when the output mean or p99 moves by more than a relative threshold, or the

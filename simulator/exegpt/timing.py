@@ -1,4 +1,4 @@
-"""Stage times of a pipeline with partial tensor parallelism (spec exegpt.md §2.5, §4.4) [G].
+"""Stage times of a pipeline with partial tensor parallelism [G] (docs/planner.md, "Model").
 
 A group of g devices is cut into (g - k) single-device stages and k/d TP stages of d devices.
 Layers are balanced so every stage takes the same time: a stage of degree d costs T/d + AR(d)

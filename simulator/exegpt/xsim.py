@@ -1,10 +1,10 @@
-"""XSimulator: expected-value timeline of an RRA or WAA configuration (spec exegpt.md §4).
+"""XSimulator: expected-value timeline of an RRA or WAA configuration (docs/planner.md).
 
-Implements §4.2-§4.5 with our reconstruction: decode-batch coupling by Little's law
+Implements the paper's timeline with our reconstruction: decode-batch coupling by Little's law
 (B_D = B_E * E[ceil(d / N_D)], d = decode iterations per request) by default, the paper's
-p_done form as an option (spec §11.1; the Little form is the one a Monte-Carlo run agrees with,
-see tests/simulator/test_exegpt_xsim.py). Invariant: predictions are deterministic and report
-throughput/latency even when memory-infeasible, so branch-and-bound bounds stay valid.
+p_done form as an option (the paper is ambiguous; the Little form is the one a Monte-Carlo run
+agrees with, see tests/simulator/test_exegpt_xsim.py). Invariant: predictions are deterministic and
+report throughput/latency even when memory-infeasible, so branch-and-bound bounds stay valid.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ class LengthStats:
         decode_steps: per sampled request, its decode iterations d = output - 1.
         p99_output_tokens: S99.
         mean_context_tokens: time-averaged KV context of a running decode member,
-            sum(p*d + d(d+1)/2) / sum(d) (the length-biased form of spec §4.4).
+            sum(p*d + d(d+1)/2) / sum(d) (the length-biased form).
     """
 
     mean_prompt_tokens: float
@@ -60,7 +60,7 @@ def phases_per_request(stats: LengthStats, decode_steps: int) -> IntArray:
 def decode_batch_size(
     encode_batch: int, decode_steps: int, stats: LengthStats, coupling: Coupling = "little"
 ) -> float:
-    """Expected B_D for a given B_E and N_D (spec §4.2; WAA is N_D = 1)."""
+    """Expected B_D for a given B_E and N_D (WAA is N_D = 1)."""
     phases = phases_per_request(stats, decode_steps)
     if coupling == "little":
         return encode_batch * float(phases.mean())
@@ -71,7 +71,7 @@ def decode_batch_size(
 def phase_occupancy(
     decode_batch: float, encode_batch: int, decode_steps: int, stats: LengthStats
 ) -> np.ndarray:
-    """Expected live decode batch at iterations u = 1..N_D of a phase (spec §4.2).
+    """Expected live decode batch at iterations u = 1..N_D of a phase.
 
     A request with d >= 1 finishes at iteration r = 1 + (d - 1) mod N_D of its last phase;
     B_E requests enter per phase, so occupancy(u) = B_D - B_E * P(d >= 1, r < u).

@@ -20,7 +20,7 @@ from algorithms._groups import (
     select_group_greedy,
 )
 
-# Spec §8.2: request 0 = (s=9, o=1), requests 1..6 = (s=1, o=2), M = 10.
+# Reference case 2 (docs/algorithms.md): request 0 = (s=9, o=1), requests 1..6 = (s=1, o=2), M = 10.
 S82 = np.array([9, 1, 1, 1, 1, 1, 1])
 O82 = np.array([1, 2, 2, 2, 2, 2, 2])
 
@@ -36,7 +36,7 @@ def instances(draw: st.DrawFn, max_n: int = 10) -> Instance:
 
 
 def brute_force(w: np.ndarray, o: np.ndarray, cap: int) -> tuple[int, ...]:
-    """Optimal group with the full §9 #8 tie-break: min F, larger |X|, lighter, lexicographic."""
+    """Optimal group with the full tie-break: min F, larger |X|, lighter, lexicographic."""
     best: tuple[Fraction, int, int, tuple[int, ...]] | None = None
     for k in range(1, w.size + 1):
         for ids in itertools.combinations(range(w.size), k):
@@ -77,7 +77,7 @@ def test_spec_8_2_plan_groups() -> None:
 
 
 def test_spec_8_2_greedy_single_start_is_blocked_multi_start_is_not() -> None:
-    # The spec's greedy takes the o=1 request first; nothing else then fits and no local move
+    # The paper's greedy takes the o=1 request first; nothing else then fits and no local move
     # (add / swap / remove) lowers F = 1. The o + lam * w starts find the optimum.
     assert select_group_greedy(S82, O82, 10, multi_start=False).tolist() == [0]
     assert select_group_greedy(S82, O82, 10).tolist() == [1, 2, 3]

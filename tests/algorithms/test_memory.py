@@ -1,4 +1,4 @@
-"""The incremental future-memory check agrees with the naive O(m^2) definition of spec §1.4."""
+"""The incremental future-memory check agrees with its naive O(m^2) definition."""
 
 from __future__ import annotations
 

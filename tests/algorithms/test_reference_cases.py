@@ -61,7 +61,7 @@ def test_amin_evicts_twice_on_8_3() -> None:
 
 
 def test_amin_bound_rule_sets_the_bound_after_eviction() -> None:
-    """§9 #9: after a run of g tokens the bound is g by default, g + 1 as an option."""
+    """After a run of g tokens the bound is g by default, g + 1 as an option."""
     from algorithms import LengthInterval, WaitingRequest, make_batch_former
 
     request = WaitingRequest(0, 0.0, 1, LengthInterval(2, 8)).after_eviction(2)

@@ -1,4 +1,4 @@
-"""Tests for predictors/features.py: the spec, each feature family, unknown models, speed."""
+"""Tests for predictors/features.py: the FeatureSpec, each feature family, unknown models, speed."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for predictors/intervals.py: families 1-3 of spec §4.6, miss noise, parsing errors."""
+"""Tests for predictors/intervals.py: interval families 1-3, miss noise, parsing errors."""
 
 from __future__ import annotations
 

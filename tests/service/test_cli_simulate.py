@@ -1,4 +1,4 @@
-"""`kvsched simulate` and `kvsched policies` end to end (issue #2; spec §8 golden cases).
+"""`kvsched simulate` and `kvsched policies` end to end (issue #2; reference cases).
 
 Calls `service.cli.main` in-process (fast, output via capsys) and runs the installed console
 script once. Invariant checked throughout: bad input exits 2 with exactly one line
@@ -117,7 +117,7 @@ def test_hsf_plans_with_true_lengths_whatever_the_intervals(cli: Cli, intervals:
 
 @pytest.mark.parametrize(
     ("case", "param", "key", "expected"),
-    [  # §8.1: FCFS skipping a request that does not fit matches shortest-first (14, not 16)
+    [  # reference case 1: FCFS skipping a request that does not fit matches shortest-first
         (CASE_8_1, "fcfs.skip_on_failure=true", "total_latency_s", 14),
         (CASE_8_3, "amin.bound_after_eviction=g+1", "completed", 8),
     ],
@@ -224,7 +224,7 @@ def test_request_that_can_never_fit_is_rejected_not_dropped(cli: Cli) -> None:
 def test_prediction_misses_still_finish_every_request(
     cli: Cli, records: list[tuple[float, int, int, int]]
 ) -> None:
-    """Outputs longer than `hi` force evictions (spec §9 #18); every policy must still finish."""
+    """Outputs longer than `hi` force evictions (docs/algorithms.md); every policy must finish."""
     trace = cli.jsonl("miss.jsonl", [record(1, o, lo, hi, a) for a, o, lo, hi in records])
     args = f"--cost-model unit --kv-tokens 12 --intervals given --policies {ALL_POLICIES}"
     document = cli.json("--trace", trace, *args.split())

@@ -1,4 +1,4 @@
-"""XSimulator predictions vs the full cluster simulation (simulator/cluster.py), spec §4.6.
+"""XSimulator predictions vs the full cluster simulation (simulator/cluster.py).
 
 Stated error: throughput within 10%, latency of the S99 output within 25%, for the best RRA
 and the best WAA plan on the Azure conv and code traces (4,000 sampled requests each, so the

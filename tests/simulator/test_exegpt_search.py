@@ -1,4 +1,4 @@
-"""Branch and bound vs exhaustive search, and the monotonicity audit (spec exegpt.md §5)."""
+"""Branch and bound vs exhaustive search, and the monotonicity audit (docs/planner.md)."""
 
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_monotonicity_audit_counts_and_reports_violations() -> None:
         assert audits[knob].pairs > 50
         assert audits[knob].throughput_violations == 0
         assert audits[knob].latency_violations == 0
-    # Our cost model contradicts the spec's direction for micro-batches (more of them raise
+    # Our cost model contradicts the paper's direction for micro-batches (more of them raise
     # throughput up to the pipeline depth): the audit must say so, with an example.
     micro = audits["micro_batches"]
     assert micro.throughput_violations > 0 and micro.examples

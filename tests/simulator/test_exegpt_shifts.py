@@ -1,4 +1,4 @@
-"""Shift detector and replanning (spec exegpt.md §6)."""
+"""Shift detector and replanning (docs/planner.md, "Has the workload shifted?")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""XSimulator: config validation, stage times, decode-batch coupling vs Monte Carlo (spec §4)."""
+"""XSimulator: config validation, stage times, decode-batch coupling vs Monte Carlo."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Tests for simulator/hindsight.py: the §2.2 IP optimum, its LP bound and the §2.6 generator."""
+"""Tests for simulator/hindsight.py: the IP optimum, its LP bound, MC-SF instances."""
 
 from __future__ import annotations
 
@@ -17,13 +17,13 @@ from simulator.hindsight import (
 
 IntArray = NDArray[np.int64]
 
-# §8.1 (M = 12) and §8.3 (M = 16), all arrivals at slot 0.
+# Reference cases 1 (M = 12) and 3 (M = 16) of docs/algorithms.md, all arrivals at slot 0.
 S_81, O_81 = np.array([2, 2, 3, 4, 1]), np.array([3, 1, 2, 4, 2])
 S_83, O_83 = np.ones(8, dtype=np.int64), np.array([2, 2, 3, 5, 8, 8, 4, 6])
 
 
 def slot_loads(starts: IntArray, s: IntArray, o: IntArray) -> dict[int, int]:
-    """Memory per slot, recomputed request by request from §1.2 (independent of the module)."""
+    """Memory per slot, recomputed request by request, independent of the module."""
     loads: dict[int, int] = {}
     for k, s_i, o_i in zip(starts.tolist(), s.tolist(), o.tolist(), strict=True):
         for t in range(k, k + o_i):
