@@ -12,9 +12,9 @@ from simulator.run import Workload
 
 # docs/algorithms.md, "Reference cases": (prompt, output) per request, capacity M, and the common
 # interval where one is given
-CASE_8_1 = {"prompts": [2, 2, 3, 4, 1], "outputs": [3, 1, 2, 4, 2], "capacity": 12}
-CASE_8_2 = {"prompts": [9] + [1] * 6, "outputs": [1] + [2] * 6, "capacity": 10}
-CASE_8_3 = {
+CASE_1 = {"prompts": [2, 2, 3, 4, 1], "outputs": [3, 1, 2, 4, 2], "capacity": 12}
+CASE_2 = {"prompts": [9] + [1] * 6, "outputs": [1] + [2] * 6, "capacity": 10}
+CASE_3 = {
     "prompts": [1] * 8,
     "outputs": [2, 2, 3, 5, 8, 8, 4, 6],
     "capacity": 16,

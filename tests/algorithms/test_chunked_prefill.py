@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from algorithms import REGISTRY
 from simulator.cost_model import load_cost_model
 from simulator.run import Workload, simulate
-from tests.factories import CASE_8_1, CASE_8_3, make_workload
+from tests.factories import CASE_1, CASE_3, make_workload
 from tests.strategies import workloads
 
 
@@ -33,7 +33,7 @@ def test_decode_tokens_come_before_new_prefill() -> None:
     assert result.log.completion_s.tolist() == [4.0, 4.0]
 
 
-@pytest.mark.parametrize(("case", "policy"), [(CASE_8_1, "mcsf"), (CASE_8_3, "amin")])
+@pytest.mark.parametrize(("case", "policy"), [(CASE_1, "mcsf"), (CASE_3, "amin")])
 def test_budget_above_every_prompt_changes_nothing(case: dict[str, object], policy: str) -> None:
     workload = make_workload(
         prompts=case["prompts"],  # type: ignore[arg-type]

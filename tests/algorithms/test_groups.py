@@ -58,7 +58,7 @@ def test_group_f() -> None:
         group_f([])
 
 
-def test_spec_8_2_exact_group_and_dp_table() -> None:
+def test_case_2_exact_group_and_dp_table() -> None:
     group = select_group_exact(S82, O82, 10)
     assert group.tolist() == [1, 2, 3] and group.dtype == np.int64
     assert group_f(O82[group]) == pytest.approx(2 / 3)
@@ -69,14 +69,14 @@ def test_spec_8_2_exact_group_and_dp_table() -> None:
     assert int(np.argmin(f)) + 1 == 3 and f.min() == pytest.approx(0.667, abs=1e-3)
 
 
-def test_spec_8_2_plan_groups() -> None:
+def test_case_2_plan_groups() -> None:
     groups, unfit = plan_groups(S82, O82, 10)
     assert [g.tolist() for g in groups] == [[1, 2, 3], [4, 5, 6], [0]]
     assert unfit.size == 0
     assert [group_f(O82[g]) for g in groups] == pytest.approx([2 / 3, 2 / 3, 1.0])
 
 
-def test_spec_8_2_greedy_single_start_is_blocked_multi_start_is_not() -> None:
+def test_case_2_greedy_single_start_is_blocked_multi_start_is_not() -> None:
     # The paper's greedy takes the o=1 request first; nothing else then fits and no local move
     # (add / swap / remove) lowers F = 1. The o + lam * w starts find the optimum.
     assert select_group_greedy(S82, O82, 10, multi_start=False).tolist() == [0]

@@ -13,7 +13,7 @@ import pytest
 
 from simulator.cost_model import load_cost_model
 from simulator.run import simulate
-from tests.factories import CASE_8_1, CASE_8_2, CASE_8_3, make_workload
+from tests.factories import CASE_1, CASE_2, CASE_3, make_workload
 
 
 def run(case: dict[str, Any], policy: str, **params: Any) -> tuple[float, list[float], int]:
@@ -32,15 +32,15 @@ def run(case: dict[str, Any], policy: str, **params: Any) -> tuple[float, list[f
 @pytest.mark.parametrize(
     ("case", "policy", "tel", "completions"),
     [
-        (CASE_8_1, "mcsf", 14, [3, 1, 2, 6, 2]),
-        (CASE_8_1, "hsf", 14, [3, 1, 2, 6, 2]),
-        (CASE_8_1, "fcfs", 16, [3, 1, 2, 6, 4]),
-        (CASE_8_2, "sorted-f", 23, [5, 2, 2, 2, 4, 4, 4]),
-        (CASE_8_2, "mcsf", 25, None),
-        (CASE_8_2, "fcfs", 25, None),
-        (CASE_8_3, "amin", 52, [2, 2, 3, 5, 8, 15, 6, 11]),
-        (CASE_8_3, "amax", 103, [2, 4, 7, 11, 16, 19, 20, 24]),
-        (CASE_8_3, "hsf", 49, [2, 2, 3, 5, 10, 15, 4, 8]),
+        (CASE_1, "mcsf", 14, [3, 1, 2, 6, 2]),
+        (CASE_1, "hsf", 14, [3, 1, 2, 6, 2]),
+        (CASE_1, "fcfs", 16, [3, 1, 2, 6, 4]),
+        (CASE_2, "sorted-f", 23, [5, 2, 2, 2, 4, 4, 4]),
+        (CASE_2, "mcsf", 25, None),
+        (CASE_2, "fcfs", 25, None),
+        (CASE_3, "amin", 52, [2, 2, 3, 5, 8, 15, 6, 11]),
+        (CASE_3, "amax", 103, [2, 4, 7, 11, 16, 19, 20, 24]),
+        (CASE_3, "hsf", 49, [2, 2, 3, 5, 10, 15, 4, 8]),
     ],
 )
 def test_reference_total_latency(
@@ -52,12 +52,12 @@ def test_reference_total_latency(
         assert got == completions
 
 
-def test_fcfs_skip_on_failure_matches_shortest_first_on_8_1() -> None:
-    assert run(CASE_8_1, "fcfs", skip_on_failure=True)[0] == 14
+def test_fcfs_skip_on_failure_matches_shortest_first_on_case_1() -> None:
+    assert run(CASE_1, "fcfs", skip_on_failure=True)[0] == 14
 
 
-def test_amin_evicts_twice_on_8_3() -> None:
-    assert run(CASE_8_3, "amin")[2] == 2
+def test_amin_evicts_twice_on_case_3() -> None:
+    assert run(CASE_3, "amin")[2] == 2
 
 
 def test_amin_bound_rule_sets_the_bound_after_eviction() -> None:
@@ -71,8 +71,8 @@ def test_amin_bound_rule_sets_the_bound_after_eviction() -> None:
 
 
 def test_amin_ratio_to_hsf_as_in_spec() -> None:
-    ratio_min = run(CASE_8_3, "amin")[0] / run(CASE_8_3, "hsf")[0]
-    ratio_max = run(CASE_8_3, "amax")[0] / run(CASE_8_3, "hsf")[0]
+    ratio_min = run(CASE_3, "amin")[0] / run(CASE_3, "hsf")[0]
+    ratio_max = run(CASE_3, "amax")[0] / run(CASE_3, "hsf")[0]
     assert np.isclose(ratio_min, 52 / 49) and np.isclose(ratio_max, 103 / 49)
 
 
@@ -80,9 +80,9 @@ def test_resume_preemption_keeps_tokens_on_the_amin_case() -> None:
     """Under resume the two evicted requests keep their tokens: fewer tokens recomputed than
     the restart run regenerates, and every request still ends with exactly its output."""
     workload = make_workload(
-        prompts=CASE_8_3["prompts"], outputs=CASE_8_3["outputs"], interval=CASE_8_3["interval"]
+        prompts=CASE_3["prompts"], outputs=CASE_3["outputs"], interval=CASE_3["interval"]
     )
-    cost = load_cost_model("unit", kv_tokens=CASE_8_3["capacity"])
+    cost = load_cost_model("unit", kv_tokens=CASE_3["capacity"])
     restart = simulate(workload, "amin", cost, preemption="restart")
     resume = simulate(workload, "amin", cost, preemption="resume")
     assert resume.summary["completed"] == restart.summary["completed"] == len(workload)

@@ -11,7 +11,7 @@ from algorithms import REGISTRY, SchedulingLoop, make_batch_former
 from simulator.cost_model import load_cost_model
 from simulator.executor import SimulatedExecutor
 from simulator.run import Workload, simulate
-from tests.factories import CASE_8_3, make_workload
+from tests.factories import CASE_3, make_workload
 from tests.strategies import workloads
 
 IntArray = NDArray[np.int64]
@@ -33,16 +33,14 @@ class SurvivorRefiner:
         return np.minimum(new_lo, new_hi), new_hi
 
 
-def case_8_3() -> tuple[Workload, int]:
-    workload = make_workload(
-        prompts=CASE_8_3["prompts"], outputs=CASE_8_3["outputs"], interval=(2, 8)
-    )
-    return workload, int(CASE_8_3["capacity"])  # type: ignore[call-overload]
+def reference_case_3() -> tuple[Workload, int]:
+    workload = make_workload(prompts=CASE_3["prompts"], outputs=CASE_3["outputs"], interval=(2, 8))
+    return workload, int(CASE_3["capacity"])  # type: ignore[call-overload]
 
 
 def test_refined_bounds_reach_running_and_evicted_requests() -> None:
     """Running rows carry lo >= g + 1 after refinement, and an evicted request keeps it."""
-    workload, capacity = case_8_3()
+    workload, capacity = reference_case_3()
     cost = load_cost_model("unit", kv_tokens=capacity)
     refiner = SurvivorRefiner()
     loop = SchedulingLoop(

@@ -20,7 +20,7 @@ import pytest
 
 from algorithms import REGISTRY
 from service.cli import main
-from tests.factories import CASE_8_1, CASE_8_2, CASE_8_3, write_canonical_trace
+from tests.factories import CASE_1, CASE_2, CASE_3, write_canonical_trace
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "data" / "examples"
 AZURE = EXAMPLES / "azure_conv_head.csv"  # 20 requests with real arrival times
@@ -95,11 +95,11 @@ def assert_one_line_error(result: tuple[int, str, str], *fragments: str) -> None
 @pytest.mark.parametrize(
     ("case", "expected"),  # policy -> (total latency, evictions)
     [
-        (CASE_8_1, {"mcsf": (14, 0), "fcfs": (16, 0)}),
-        (CASE_8_2, {"sorted-f": (23, 0), "mcsf": (25, 0), "fcfs": (25, 0)}),
-        (CASE_8_3, {"amin": (52, 2), "amax": (103, 0), "hsf": (49, 0)}),
+        (CASE_1, {"mcsf": (14, 0), "fcfs": (16, 0)}),
+        (CASE_2, {"sorted-f": (23, 0), "mcsf": (25, 0), "fcfs": (25, 0)}),
+        (CASE_3, {"amin": (52, 2), "amax": (103, 0), "hsf": (49, 0)}),
     ],
-    ids=["8.1", "8.2", "8.3"],
+    ids=["case1", "case2", "case3"],
 )
 def test_reference_cases(cli: Cli, case: dict[str, Any], expected: dict[str, Any]) -> None:
     args = unit_args(cli.case(case), case["capacity"], ",".join(expected))
@@ -111,15 +111,15 @@ def test_reference_cases(cli: Cli, case: dict[str, Any], expected: dict[str, Any
 @pytest.mark.parametrize("intervals", ["exact", "global", "bins", "alpha=0.3"])
 def test_hsf_plans_with_true_lengths_whatever_the_intervals(cli: Cli, intervals: str) -> None:
     """hsf is clairvoyant: the simulator gives it the true lengths, so intervals don't matter."""
-    args = unit_args(cli.case(CASE_8_3), 16, "hsf", intervals=intervals)
+    args = unit_args(cli.case(CASE_3), 16, "hsf", intervals=intervals)
     assert cli.json(*args)["results"]["hsf"]["total_latency_s"] == 49
 
 
 @pytest.mark.parametrize(
     ("case", "param", "key", "expected"),
     [  # reference case 1: FCFS skipping a request that does not fit matches shortest-first
-        (CASE_8_1, "fcfs.skip_on_failure=true", "total_latency_s", 14),
-        (CASE_8_3, "amin.bound_after_eviction=g+1", "completed", 8),
+        (CASE_1, "fcfs.skip_on_failure=true", "total_latency_s", 14),
+        (CASE_3, "amin.bound_after_eviction=g+1", "completed", 8),
     ],
 )
 def test_param_reaches_the_batch_former(
@@ -161,7 +161,7 @@ def check_summary(summary: dict[str, Any], *, requests: int, kv_capacity_tokens:
 
 
 def test_stdout_has_a_table_with_one_row_per_policy(cli: Cli) -> None:
-    code, out, err = cli.simulate(*unit_args(cli.case(CASE_8_3), 16, "amin,amax,hsf"))
+    code, out, err = cli.simulate(*unit_args(cli.case(CASE_3), 16, "amin,amax,hsf"))
     assert code == 0, err
     lines = out.strip().splitlines()
     header = next(i for i, line in enumerate(lines) if line.split()[:1] == ["policy"])
@@ -293,7 +293,7 @@ def run_console_script(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_installed_console_script_runs_end_to_end(cli: Cli) -> None:
     out_path = cli.tmp_path / "out.json"
-    args = unit_args(cli.case(CASE_8_1), 12, "mcsf,fcfs")
+    args = unit_args(cli.case(CASE_1), 12, "mcsf,fcfs")
     completed = run_console_script("simulate", *args, "--json", str(out_path))
     assert completed.returncode == 0, completed.stderr
     assert completed.stderr == "" and "mcsf" in completed.stdout

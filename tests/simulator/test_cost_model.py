@@ -32,7 +32,7 @@ def test_presets_have_expected_names() -> None:
         assert model.name == name
 
 
-def test_llama2_70b_preset_matches_spec_numbers() -> None:
+def test_llama2_70b_preset_matches_documented_numbers() -> None:
     model = PRESETS["llama2-70b-a100x2"]
     assert model.kv_capacity_tokens == 16_492
     assert model.base_ms == 35.0

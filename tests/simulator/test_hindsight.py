@@ -57,7 +57,7 @@ def assert_valid_schedule(
     assert res.lower_bound <= res.total_latency
 
 
-def test_section_8_1_optimum_equals_brute_force_and_hsf_value() -> None:
+def test_case_1_optimum_equals_brute_force_and_hsf_value() -> None:
     a = np.zeros(5, dtype=np.int64)
     res = solve_hindsight(a, S_81, O_81, 12)
     assert res.is_optimal and res.status == "optimal"
@@ -65,7 +65,7 @@ def test_section_8_1_optimum_equals_brute_force_and_hsf_value() -> None:
     assert_valid_schedule(res, a, S_81, O_81, 12)
 
 
-def test_section_8_3_optimum_is_49_so_hsf_is_optimal_there() -> None:
+def test_case_3_optimum_is_49_so_hsf_is_optimal_there() -> None:
     a = np.zeros(8, dtype=np.int64)
     res = solve_hindsight(a, S_83, O_83, 16)
     assert res.is_optimal and res.total_latency == 49.0
@@ -80,7 +80,7 @@ def test_lp_relaxation_is_a_lower_bound_on_the_ip(s: IntArray, o: IntArray, m: i
     assert float(o.sum()) <= lp.total_latency <= solve_hindsight(a, s, o, m).total_latency + 1e-6
 
 
-def test_lp_relaxation_of_8_3_is_strictly_below_the_optimum() -> None:
+def test_lp_relaxation_of_case_3_is_strictly_below_the_optimum() -> None:
     lp = solve_hindsight(np.zeros(8, dtype=np.int64), S_83, O_83, 16, relax=True)
     assert lp.total_latency == pytest.approx(45.9166666, abs=1e-4)
 
