@@ -1,4 +1,4 @@
-"""Predictor ranking, unseen target models and cost, before and after issue 13 (benchmarks §19).
+"""Predictor ranking, unseen target models and cost, before and after issue 13 (docs/benchmarks.md).
 
 (1) Cross-dataset: train on the corpus's AlpacaEval rows, test on its Arena-Hard v0.1 rows (every
 test model unseen), and the reverse; plus the documented in-distribution split. "before" is
