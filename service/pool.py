@@ -39,6 +39,7 @@ from service._worker_procs import (
     spawn_worker,
     threadsafe,
 )
+from service.metrics import Metrics
 from service.protocol import GenerationRequest, TokenEvent
 from service.roles import RoleMetrics, first_role, pick_slot, worker_role
 from service.settings import Settings
@@ -51,7 +52,7 @@ logger = logging.getLogger(__name__)
 class WorkerPool:
     """Implements `Backend`. `metrics.observe_worker(stats, policy)` gets every worker report."""
 
-    def __init__(self, settings: Settings, metrics: object | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         refuse_clairvoyant(settings.policy)
         make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad params
         self.settings = settings
@@ -237,9 +238,8 @@ class WorkerPool:
     def _on_stats(self, message: ipc.Stats) -> None:
         self._slots[message.stats.worker_id].stats = message.stats
         self._role_metrics.observe(message.stats)
-        observe = getattr(self.metrics, "observe_worker", None)
-        if observe is not None:
-            observe(message.stats, self.settings.policy)
+        if self.metrics is not None:
+            self.metrics.observe_worker(message.stats, self.settings.policy)
 
     def _on_failed(self, message: ipc.WorkerFailed) -> None:
         self._slots[message.worker_id].last_error = message.error
@@ -257,9 +257,8 @@ class WorkerPool:
             why += f": {slot.last_error}"
         slot.start_failures = 0 if slot.ready is not None else slot.start_failures + 1
         slot.ready, slot.stats, slot.proc = None, None, None
-        forget = getattr(self.metrics, "forget_worker", None)
-        if forget is not None:
-            forget(slot.worker_id)
+        if self.metrics is not None:
+            self.metrics.forget_worker(slot.worker_id)
         if self._started is not None and not self._started.done():
             self._started.set_exception(RuntimeError(f"{why} before it was ready"))
             return
@@ -295,9 +294,8 @@ class WorkerPool:
             self._unassign(pending)
             pending.num_resubmits += 1
             pending.resume("decode" if self.settings.prefill_workers else "mixed")
-            observe = getattr(self.metrics, "observe_resubmission", None)
-            if observe is not None:
-                observe()
+            if self.metrics is not None:
+                self.metrics.observe_resubmission()
             logger.debug(
                 "request %s: resubmitted after %d streamed tokens (%s)",
                 pending.request.request_id,

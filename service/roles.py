@@ -10,10 +10,13 @@ is a pure function of (settings, worker_id), so a restarted worker keeps its slo
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final, Literal, Protocol, TypeVar
+from typing import TYPE_CHECKING, Final, Literal, Protocol, TypeVar
 
 from service.protocol import WorkerStats
 from service.settings import Settings
+
+if TYPE_CHECKING:  # workers import this module: no prometheus_client at run time
+    from service.metrics import Metrics
 
 Role = Literal["mixed", "prefill", "decode"]
 ROLES: Final[tuple[Role, ...]] = ("mixed", "prefill", "decode")
@@ -71,14 +74,14 @@ def pick_slot(slots: Sequence[SlotT], role: Role) -> SlotT | None:
 
 class RoleMetrics:
     """`kvsched:worker_role{worker, role}` (1 per worker) and `kvsched:kv_handover_tokens`,
-    added to the app's `Metrics` registry (metrics without a registry: nothing is recorded)."""
+    added to the app's `Metrics` registry (no metrics: nothing is recorded)."""
 
-    def __init__(self, metrics: object, slots: Sequence[RoleSlot]) -> None:
-        registry = getattr(metrics, "registry", None)
-        self._model = str(getattr(metrics, "model_name", ""))
+    def __init__(self, metrics: Metrics | None, slots: Sequence[RoleSlot]) -> None:
+        self._model = metrics.model_name if metrics is not None else ""
         self._handover = None
-        if registry is None:
+        if metrics is None:
             return
+        registry = metrics.registry
         from prometheus_client import Counter, Gauge
 
         role = Gauge(

@@ -155,7 +155,7 @@ class EngineCounts:
     outputs, preemptions (vLLM's own `num_preempted_reqs`, whoever chose the victim), tokens,
     and the latest queue and KV gauges. Shown in `/v1/scheduler` and on `/metrics`."""
 
-    def __init__(self, metrics: object | None, model_name: str) -> None:
+    def __init__(self, metrics: Metrics | None, model_name: str) -> None:
         self.metrics, self.model_name = metrics, model_name
         self.num_steps = self.num_preemptions = 0
         self.prompt_tokens = self.generation_tokens = 0
@@ -181,7 +181,7 @@ class EngineCounts:
 
     def _publish(self, preempted: int, prompt: int, generated: int) -> None:
         m, name = self.metrics, self.model_name
-        if not isinstance(m, Metrics):
+        if m is None:
             return
         m.num_requests_running.labels(name, "0").set(self.num_running)
         m.num_requests_waiting.labels(name, "0").set(self.num_waiting)
@@ -223,7 +223,7 @@ class VllmBackend:
     """Implements `service.protocol.Backend` with vLLM's AsyncLLM (greedy unless a
     request asks for sampling)."""
 
-    def __init__(self, settings: Settings, metrics: object | None = None) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         refuse_clairvoyant(settings.policy)
         make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad names
         require_vllm()

@@ -21,6 +21,7 @@ import httpx
 
 from algorithms import make_batch_former, refuse_clairvoyant
 from service.engines.base import Tokenizer
+from service.metrics import Metrics
 from service.protocol import GenerationRequest, TokenEvent
 from service.settings import Settings
 from service.upstream.forward import (
@@ -52,7 +53,7 @@ class UpstreamBackend:
         tokenizer: Tokenizer,
         *,
         send_token_ids: bool | None = None,
-        metrics: object | None = None,
+        metrics: Metrics | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         refuse_clairvoyant(settings.policy)

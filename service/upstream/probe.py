@@ -17,6 +17,7 @@ from typing import Final
 
 import httpx
 
+from service.metrics import Metrics
 from service.protocol import WorkerStats
 from service.settings import Settings
 from service.upstream.state import ReportedLoad, Upstream, parse_load
@@ -35,7 +36,7 @@ class Prober:
         upstreams: Sequence[Upstream],
         client: httpx.AsyncClient,
         settings: Settings,
-        metrics: object | None,
+        metrics: Metrics | None,
         on_round: Callable[[], None],
     ) -> None:
         self.upstreams, self.client, self.metrics = upstreams, client, metrics
@@ -90,8 +91,7 @@ class Prober:
             return None  # the request body's "model" is then left out: the upstream's default
 
     def report(self) -> None:
-        observe = getattr(self.metrics, "observe_worker", None)
-        if observe is None:
+        if self.metrics is None:
             return
         for u in self.upstreams:
             stats = WorkerStats(
@@ -102,4 +102,4 @@ class Prober:
                 generation_tokens=u.unreported_generation_tokens,
             )  # fmt: skip
             u.unreported_prompt_tokens = u.unreported_generation_tokens = 0
-            observe(stats, self.policy)
+            self.metrics.observe_worker(stats, self.policy)

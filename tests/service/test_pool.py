@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from service.engines.sim import output_length
+from service.metrics import Metrics
 from service.pool import WorkerPool
 from service.protocol import GenerationRequest, WorkerStats
 from service.settings import Settings
@@ -22,11 +23,15 @@ from tests.service.pool_support import collect, eventually, run
 PROMPT = tuple(range(5, 15))
 
 
-class RecordingMetrics:
+class RecordingMetrics(Metrics):
+    """The app's real metrics, keeping every worker report (with the policy) as well."""
+
     def __init__(self) -> None:
+        super().__init__("pool-test")
         self.reports: list[tuple[WorkerStats, str]] = []
 
     def observe_worker(self, stats: WorkerStats, policy: str) -> None:
+        super().observe_worker(stats, policy)
         self.reports.append((stats, policy))
 
 
