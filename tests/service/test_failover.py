@@ -150,37 +150,11 @@ def test_sim_sigkill_under_load_completes_every_request_token_exact(preemption: 
 def hf_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("torch", reason="the hf engine needs torch (pip install torch==2.13.0)")
     pytest.importorskip("transformers", reason="the hf engine needs transformers (.[hf])")
-    from tests.service.test_hf_engine import build_model
+    from tests.service.tiny_llama import build_model
 
     path = tmp_path_factory.mktemp("tiny-llama-failover")
     build_model(path)
     return path
-
-
-def hf_requests() -> list[GenerationRequest]:
-    """200 distinct prompts (BOS + 3..9 words of the tiny vocabulary), 8..23 tokens each."""
-    rng = np.random.default_rng(7)
-    requests = []
-    for i in range(NUM_REQUESTS):
-        words = rng.integers(3, 63, size=3 + i % 7).tolist()
-        max_tokens = 8 + i % 16
-        requests.append(
-            GenerationRequest(
-                f"h{i}", (1, *words), max_tokens=max_tokens, lo=1, hi=max_tokens, ignore_eos=True
-            )
-        )
-    return requests
-
-
-def hf_undisturbed(settings: Settings, requests: list[GenerationRequest]) -> dict[str, list[int]]:
-    """Greedy tokens of every request, all run in one in-process loop with room for all."""
-    from service.engines.hf import HFEngine
-    from tests.service.test_hf_engine import run as run_loop
-
-    roomy = settings.model_copy(update={"kv_tokens": 20_000, "max_batch_size": 256})
-    tokens, _, num_evicted = run_loop(HFEngine(roomy, 0, device="cpu"), roomy, requests)
-    assert num_evicted == 0
-    return tokens
 
 
 def test_hf_sigkill_under_load_completes_every_request_with_undisturbed_greedy_tokens(
@@ -192,8 +166,13 @@ def test_hf_sigkill_under_load_completes_every_request_with_undisturbed_greedy_t
         **fields, workers=2, policy="fcfs", kv_tokens=4000, max_batch_size=50,
         worker_stall_timeout_s=30.0,
     )  # fmt: skip
-    requests = hf_requests()
-    expected = hf_undisturbed(settings, requests)
+    from tests.service.tiny_llama import random_requests, undisturbed_tokens
+
+    # 200 distinct prompts (BOS + 3..9 words), 8..23 tokens each
+    requests = random_requests(
+        NUM_REQUESTS, seed=7, prefix="h", max_extra_words=7, min_tokens=8, spread=16
+    )
+    expected = undisturbed_tokens(settings, requests)
     assert len({tuple(t) for t in expected.values()}) > NUM_REQUESTS // 2  # prompts matter
     events, held = kill_one_under_load(
         WorkerPool(settings), requests, streaming=NUM_REQUESTS // 2, timeout_s=60

@@ -17,32 +17,7 @@ from service.engines._hf_batch import Row, forward_rows, group_rows  # noqa: E40
 from service.engines.hf import HFEngine, load_tokenizer  # noqa: E402
 from service.protocol import GenerationRequest  # noqa: E402
 from service.settings import Settings  # noqa: E402
-
-WORDS = [f"w{i}" for i in range(60)]
-SPECIALS = ["[UNK]", "<s>", "</s>"]
-
-
-def build_model(path: Path) -> None:
-    """A WordLevel tokenizer (BOS added on encode) and a 2-layer random Llama, saved to `path`."""
-    vocab = {token: i for i, token in enumerate(SPECIALS + WORDS)}
-    raw = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    raw.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    raw.post_processor = tokenizers.processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", 1)]
-    )
-    fast = transformers.PreTrainedTokenizerFast(
-        tokenizer_object=raw, unk_token="[UNK]", bos_token="<s>", eos_token="</s>"
-    )
-    fast.save_pretrained(path)
-    config = transformers.LlamaConfig(
-        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-        num_key_value_heads=2, intermediate_size=64, max_position_embeddings=128,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    )  # fmt: skip
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(config)
-    model.save_pretrained(path)
+from tests.service.tiny_llama import build_model, run  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -62,44 +37,6 @@ def request(
     name: str, prompt: tuple[int, ...], max_tokens: int, **extra: object
 ) -> GenerationRequest:
     return GenerationRequest(name, prompt, max_tokens=max_tokens, lo=1, hi=max_tokens, **extra)  # type: ignore[arg-type]
-
-
-def run(
-    engine: HFEngine,
-    cfg: Settings,
-    requests: list[GenerationRequest],
-    chunk_tokens: int | None = None,
-) -> tuple[dict[str, list[int]], dict[str, str], int]:
-    """Drive a real SchedulingLoop as the worker does; each request's output tokens (under
-    restart preemption: those of its final run). `chunk_tokens` turns on chunked prefill (the
-    loop's max_num_batched_tokens)."""
-    loop, _ = build_loop(cfg, engine)
-    loop.max_num_batched_tokens = chunk_tokens
-    tokens: dict[int, list[int]] = {i: [] for i in range(len(requests))}
-    reasons: dict[int, str] = {}
-    num_evicted = 0
-    for i, r in enumerate(requests):
-        engine.add(i, r)
-        loop.add_request(waiting_request(r, i))
-    while loop.has_work:
-        outcome = loop.step(time.time())
-        for loop_id in outcome.evicted:
-            num_evicted += 1
-            if cfg.preemption == "restart":
-                tokens[loop_id] = []
-            if loop_id not in loop.running:
-                engine.release(loop_id, forget=False)
-        for loop_id, token_id in engine.step_tokens().items():
-            tokens[loop_id].append(token_id)
-        for loop_id in outcome.finished:
-            reasons[loop_id] = engine.finish_reason(loop_id)
-            engine.release(loop_id, forget=True)
-    names = [r.request_id for r in requests]
-    return (
-        {n: tokens[i] for i, n in enumerate(names)},
-        {n: reasons[i] for i, n in enumerate(names)},
-        num_evicted,
-    )
 
 
 PROMPTS = [(1, 5, 9, 13), (1, 7), (1, 20, 21, 22, 23, 24, 25), (1, 3, 3, 3, 40), (1, 50)]

@@ -90,7 +90,7 @@ def test_bad_input_is_one_line_exit_2(
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     torch = pytest.importorskip("torch")
     pytest.importorskip("transformers")
-    from tests.service.test_hf_engine import build_model
+    from tests.service.tiny_llama import build_model
 
     path = tmp_path_factory.mktemp("tiny-llama")
     build_model(path)

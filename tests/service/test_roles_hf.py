@@ -16,7 +16,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -30,8 +29,7 @@ from service.pool import WorkerPool  # noqa: E402
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats  # noqa: E402
 from service.settings import Settings  # noqa: E402
 from tests.service.pool_support import collect, eventually, run  # noqa: E402
-from tests.service.test_hf_engine import build_model  # noqa: E402
-from tests.service.test_hf_engine import run as run_loop  # noqa: E402
+from tests.service.tiny_llama import build_model, random_requests, undisturbed_tokens  # noqa: E402
 
 NUM_REQUESTS = 40
 
@@ -51,25 +49,10 @@ def hf_settings(path: Path, **overrides: Any) -> Settings:
 
 def make_requests(n: int = NUM_REQUESTS) -> list[GenerationRequest]:
     """Distinct prompts (BOS + 3..11 words of the tiny vocabulary), 6..20 output tokens each."""
-    rng = np.random.default_rng(11)
-    out = []
-    for i in range(n):
-        words = rng.integers(3, 63, size=3 + i % 9).tolist()
-        max_tokens = 6 + i % 15
-        out.append(
-            GenerationRequest(
-                f"k{i}", (1, *words), max_tokens=max_tokens, lo=1, hi=max_tokens, ignore_eos=True
-            )
-        )
-    return out
+    return random_requests(n, seed=11, prefix="k", max_extra_words=9, min_tokens=6, spread=15)
 
 
-def mixed_tokens(settings: Settings, requests: list[GenerationRequest]) -> dict[str, list[int]]:
-    """Greedy tokens of every request on one mixed engine, in process."""
-    roomy = settings.model_copy(update={"kv_tokens": 20_000, "max_batch_size": 256})
-    tokens, _, num_evicted = run_loop(HFEngine(roomy, 0, device="cpu"), roomy, requests)
-    assert num_evicted == 0
-    return tokens
+mixed_tokens = undisturbed_tokens  # greedy tokens of every request on one mixed engine
 
 
 # --- the engines, in process ---------------------------------------------------------------

@@ -17,7 +17,7 @@ pytest.importorskip("transformers")
 openai = pytest.importorskip("openai")
 
 from tests.service.live_server import live_server  # noqa: E402
-from tests.service.test_hf_engine import WORDS, build_model  # noqa: E402
+from tests.service.tiny_llama import WORDS, build_model  # noqa: E402
 
 pytestmark = pytest.mark.slow
 

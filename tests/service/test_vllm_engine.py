@@ -82,11 +82,11 @@ def _cuda() -> bool:
 
 
 def build_vllm_model(path: Path) -> None:
-    """test_hf_engine's tokenizer and a random Llama with head size 64, in bfloat16."""
+    """tiny_llama's tokenizer and a random Llama with head size 64, in bfloat16."""
     import torch
     import transformers
 
-    from tests.service.test_hf_engine import build_model
+    from tests.service.tiny_llama import build_model
 
     build_model(path)  # tokenizer + a tiny model, whose weights are replaced below
     config = transformers.LlamaConfig.from_pretrained(path)
@@ -131,7 +131,7 @@ def vllm_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 @pytest.mark.gpu
 @pytest.mark.skipif(not _cuda(), reason="needs CUDA")
 def test_serves_a_tiny_model_with_our_scheduler(vllm_server: str) -> None:
-    from tests.service.test_hf_engine import WORDS
+    from tests.service.tiny_llama import WORDS
 
     prompt = " ".join(WORDS[:8])
     body = {"prompt": prompt, "max_tokens": 6, "ignore_eos": True}
