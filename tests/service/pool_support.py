@@ -44,3 +44,22 @@ async def eventually(condition: Callable[[], bool], timeout_s: float = 5.0) -> N
             await asyncio.sleep(0.01)
 
     await asyncio.wait_for(poll(), timeout_s)
+
+
+def check_streams(
+    events: dict[str, list[TokenEvent]],
+    requests: list[GenerationRequest],
+    expected: dict[str, list[int]],
+) -> None:
+    """Exactly one final event each, no error, and the client's tokens = `expected`."""
+    for req in requests:
+        stream = events[req.request_id]
+        final = stream[-1]
+        assert [e for e in stream if e.finish_reason] == [final], req.request_id
+        assert final.error is None, (req.request_id, final.error)
+        tokens = [t for e in stream for t in e.token_ids]
+        assert tokens == expected[req.request_id], req.request_id
+        assert final.num_output_tokens == len(tokens)
+        assert final.num_prompt_tokens == len(req.prompt_token_ids)
+        want = "length" if len(tokens) == req.max_tokens else "stop"
+        assert final.finish_reason == want, req.request_id

@@ -24,7 +24,7 @@ from service.metrics import Metrics
 from service.pool import WorkerPool
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats
 from service.settings import Settings
-from tests.service.pool_support import collect, eventually, run
+from tests.service.pool_support import check_streams, collect, eventually, run
 
 NUM_REQUESTS = 200
 
@@ -68,25 +68,6 @@ def kill_one_under_load(
 
     events: dict[str, list[TokenEvent]] = run(scenario, pool)
     return events, held
-
-
-def check_streams(
-    events: dict[str, list[TokenEvent]],
-    requests: list[GenerationRequest],
-    expected: dict[str, list[int]],
-) -> None:
-    """Exactly one final event each, no error, and the client's tokens = `expected`."""
-    for req in requests:
-        stream = events[req.request_id]
-        final = stream[-1]
-        assert [e for e in stream if e.finish_reason] == [final], req.request_id
-        assert final.error is None, (req.request_id, final.error)
-        tokens = [t for e in stream for t in e.token_ids]
-        assert tokens == expected[req.request_id], req.request_id
-        assert final.num_output_tokens == len(tokens)
-        assert final.num_prompt_tokens == len(req.prompt_token_ids)
-        want = "length" if len(tokens) == req.max_tokens else "stop"
-        assert final.finish_reason == want, req.request_id
 
 
 # --- sim engine -----------------------------------------------------------------------------

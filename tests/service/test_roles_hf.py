@@ -28,7 +28,7 @@ from service.metrics import Metrics  # noqa: E402
 from service.pool import WorkerPool  # noqa: E402
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats  # noqa: E402
 from service.settings import Settings  # noqa: E402
-from tests.service.pool_support import collect, eventually, run  # noqa: E402
+from tests.service.pool_support import check_streams, collect, eventually, run  # noqa: E402
 from tests.service.tiny_llama import build_model, random_requests, undisturbed_tokens  # noqa: E402
 
 NUM_REQUESTS = 40
@@ -207,22 +207,6 @@ def serve(
     return events, held
 
 
-def check(
-    events: dict[str, list[TokenEvent]],
-    requests: list[GenerationRequest],
-    expected: dict[str, list[int]],
-) -> None:
-    for req in requests:
-        stream = events[req.request_id]
-        final = stream[-1]
-        assert [e for e in stream if e.finish_reason] == [final], req.request_id
-        assert final.error is None, (req.request_id, final.error)
-        tokens = [t for e in stream for t in e.token_ids]
-        assert tokens == expected[req.request_id], req.request_id
-        assert final.num_output_tokens == len(tokens)
-        assert final.finish_reason == "length"
-
-
 @pytest.mark.parametrize("victim", [None, "prefill", "decode"])
 def test_prefill_decode_workers_hand_the_kv_over_and_survive_a_sigkill(
     model_path: Path, victim: str | None, monkeypatch: pytest.MonkeyPatch
@@ -238,7 +222,7 @@ def test_prefill_decode_workers_hand_the_kv_over_and_survive_a_sigkill(
     assert len({tuple(t) for t in expected.values()}) > NUM_REQUESTS // 2  # prompts matter
     metrics = Recorder()
     events, held = serve(WorkerPool(settings, metrics=metrics), requests, victim, timeout_s=90)
-    check(events, requests, expected)
+    check_streams(events, requests, expected)
     decode_reports = [s for s in metrics.reports if s.worker_id == 1]
     handover_tokens = sum(s.handover_tokens for s in decode_reports)
     received = sum(len(s.handover_s) for s in decode_reports)
