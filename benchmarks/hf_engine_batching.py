@@ -26,10 +26,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from service._engine_host import build_loop, waiting_request  # noqa: E402
 from service.engines.hf import HFEngine  # noqa: E402
 from service.protocol import GenerationRequest  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.worker.engine_host import build_loop, waiting_request  # noqa: E402
 
 MODEL = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4,
          "num_key_value_heads": 4, "intermediate_size": 512, "vocab_size": 1024,

@@ -28,7 +28,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from service.metrics import Metrics  # noqa: E402
-from service.pool import WorkerPool  # noqa: E402
+from service.pool.pool import WorkerPool  # noqa: E402
 from service.protocol import GenerationRequest, WorkerStats  # noqa: E402
 from service.settings import Settings  # noqa: E402
 

@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 ROOT = Path(__file__).resolve().parents[1]
 SUPPORT = ROOT / "tests/vllm_cpu/vllm_cpu_support.py"
 WORDS = ("request", "waits", "for", "blocks", "of", "the", "cache", "while", "others", "decode")
-BLOCK_SIZE = 32  # vLLM's KV block on CPU (service.engines.vllm.CPU_BLOCK_SIZE)
+BLOCK_SIZE = 32  # vLLM's KV block on CPU (service.backends.vllm.CPU_BLOCK_SIZE)
 # the scheduler inside vLLM charges each request's prompt as p + block_size - 2 (whole-block
 # rounding, docs/vllm.md "KV accounting"): the simulator gets the same views
 VIEW_ROUNDING = BLOCK_SIZE - 2

@@ -30,7 +30,7 @@ from _serve_harness import ROOT, running_server  # noqa: E402
 from numpy.typing import NDArray  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from service.bench import build_requests, first_model, replay  # noqa: E402
+from service.commands.loadgen import build_requests, first_model, replay  # noqa: E402
 from simulator._cluster_core import steady_throughput  # noqa: E402
 from simulator.arrivals import with_arrivals  # noqa: E402
 from simulator.cluster import NEAREST_FRACTION, NEAREST_MIN, simulate_cluster  # noqa: E402

@@ -11,15 +11,13 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from service import (
-    bench_cmd,
-    plan_cmd,
-    predictor_cmd,
-    profile_cmd,
-    replan_cmd,
-    serve_cmd,
-    simulate_cmd,
-)
+from service.commands import bench as bench_cmd
+from service.commands import plan as plan_cmd
+from service.commands import predictor as predictor_cmd
+from service.commands import profile as profile_cmd
+from service.commands import replan as replan_cmd
+from service.commands import serve as serve_cmd
+from service.commands import simulate as simulate_cmd
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -91,7 +91,7 @@ class Settings(BaseSettings):
     def _apply_plan(cls, data: Any) -> Any:
         """A `plan` fills the fields it knows that were not given (flags and env win)."""
         if isinstance(data, dict) and data.get("plan"):
-            from service.plan_serve import plan_settings
+            from service.pool.plan_serve import plan_settings
 
             return plan_settings(Path(data["plan"]), given=set(data)) | data
         return data

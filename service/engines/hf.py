@@ -31,9 +31,9 @@ from numpy.typing import NDArray
 from algorithms.loop import StepResult
 from algorithms.state import RunningSet
 from service.engines._hf_batch import Row, forward_rows, group_rows, supports_batching
-from service.ipc import KVHandover
 from service.protocol import GenerationRequest
 from service.settings import Settings
+from service.worker.ipc import KVHandover
 
 DEFAULT_KV_TOKENS: Final = 16_384
 
@@ -363,5 +363,5 @@ def _eos_ids(model: Any) -> frozenset[int]:
 
 
 def load_engine(settings: Settings, worker_id: int) -> HFEngine:
-    """The worker's engine factory (service._engine_host.load_engine)."""
+    """The worker's engine factory (service.worker.engine_host.load_engine)."""
     return HFEngine(settings, worker_id)

@@ -212,5 +212,5 @@ class SimEngine:
 
 
 def load_engine(settings: Settings, worker_id: int) -> SimEngine:
-    """The worker's engine factory (service._engine_host.load_engine)."""
+    """The worker's engine factory (service.worker.engine_host.load_engine)."""
     return SimEngine(settings, worker_id)

@@ -101,7 +101,7 @@ def _check_installed(venv: Path, cwd: Path) -> None:
     ).stdout
     assert "serve" in help_text
     probe = (
-        "import predictors.default as d, service.app as a; d.load_predictor('default'); "
+        "import predictors.default as d, service.http.app as a; d.load_predictor('default'); "
         "print(d.__file__, a.__file__)"
     )
     out = subprocess.run(

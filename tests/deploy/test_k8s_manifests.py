@@ -19,7 +19,7 @@ from typing import Any
 import jsonschema  # type: ignore[import-untyped, unused-ignore]
 import pytest
 
-from service.api import router
+from service.http.routes import router
 from service.settings import Settings
 from tests.deploy.crd_schemas import SCHEMAS
 from tests.deploy.deploy_support import DEPLOY, INSTALL_HINT, ROOT, RULES, load_yaml, run_tool

@@ -19,7 +19,7 @@ import numpy as np
 from fastapi import FastAPI
 
 from predictors.base import IntArray, PromptBatch
-from service.app import create_app
+from service.http.app import create_app
 from service.metrics import Metrics
 from service.protocol import FinishReason, GenerationRequest, TokenEvent, WorkerStats
 from service.settings import Settings

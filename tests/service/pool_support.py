@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from service.pool import WorkerPool
+from service.pool.pool import WorkerPool
 from service.protocol import GenerationRequest, TokenEvent
 
 

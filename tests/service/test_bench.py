@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import uvicorn
 
-from service.bench import RequestResult, build_requests
-from service.bench_cmd import Slo, parse_goodput, summarize
 from service.cli import main
+from service.commands.bench import Slo, parse_goodput, summarize
+from service.commands.loadgen import RequestResult, build_requests
 from simulator.traces import load_trace
 from tests.service.fakes import MODEL, FakeBackend, make_app
 

@@ -17,8 +17,8 @@ import pytest
 from predictors.datasets import load_samples
 from predictors.default import load_predictor
 from service.cli import main
-from service.completion_log import CompletionLog
-from service.gateway import Gateway
+from service.gateway.completion_log import CompletionLog
+from service.gateway.gateway import Gateway
 from tests.service.fakes import MODEL, FakeBackend, FakePredictor, make_app, serve
 
 pytestmark = pytest.mark.anyio

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.detok import IncrementalDetokenizer
+from service.worker.detok import IncrementalDetokenizer
 
 
 class ByteTokenizer:

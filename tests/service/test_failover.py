@@ -21,7 +21,7 @@ import pytest
 
 from service.engines.sim import EOS_TOKEN_ID, output_length, placeholder_tokens, request_seed
 from service.metrics import Metrics
-from service.pool import WorkerPool
+from service.pool.pool import WorkerPool
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats
 from service.settings import Settings
 from tests.service.pool_support import check_streams, collect, eventually, run

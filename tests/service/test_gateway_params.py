@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from service.stop import StopMatcher
+from service.gateway.stop import StopMatcher
 from tests.service.fakes import MODEL, FakeBackend, make_app, parse_sse, serve
 
 pytestmark = pytest.mark.anyio

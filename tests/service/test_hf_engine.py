@@ -12,11 +12,11 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 
-from service._engine_host import build_loop, waiting_request  # noqa: E402
 from service.engines._hf_batch import Row, forward_rows, group_rows  # noqa: E402
 from service.engines.hf import HFEngine, load_tokenizer  # noqa: E402
 from service.protocol import GenerationRequest  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.worker.engine_host import build_loop, waiting_request  # noqa: E402
 from tests.service.tiny_llama import build_model, run  # noqa: E402
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from service.engines.sim import output_length
 from service.metrics import Metrics
-from service.pool import WorkerPool
+from service.pool.pool import WorkerPool
 from service.protocol import GenerationRequest, WorkerStats
 from service.settings import Settings
 from tests.service.pool_support import collect, eventually, run

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from service.predict_batcher import IntervalBatcher
+from service.gateway.predict_batcher import IntervalBatcher
 from tests.service.fakes import FakePredictor
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from service.engines.sim import output_length
 from service.metrics import Metrics
-from service.pool import WorkerPool
+from service.pool.pool import WorkerPool
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats
 from service.settings import Settings
 from simulator.traces import load_trace

@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import ipc
-from service._engine_host import build_loop, waiting_request
 from service.engines.sim import SimEngine, placeholder_tokens, request_seed
 from service.protocol import GenerationRequest, TokenEvent
 from service.settings import Settings
-from service.worker import Worker
+from service.worker import ipc
+from service.worker.engine_host import build_loop, waiting_request
+from service.worker.worker import Worker
 
 
 class Outbox:

@@ -21,13 +21,13 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-from service._engine_host import build_loop, waiting_request  # noqa: E402
 from service.engines.hf import HFEngine  # noqa: E402
-from service.ipc import KVHandover  # noqa: E402
 from service.metrics import Metrics  # noqa: E402
-from service.pool import WorkerPool  # noqa: E402
+from service.pool.pool import WorkerPool  # noqa: E402
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats  # noqa: E402
 from service.settings import Settings  # noqa: E402
+from service.worker.engine_host import build_loop, waiting_request  # noqa: E402
+from service.worker.ipc import KVHandover  # noqa: E402
 from tests.service.pool_support import check_streams, collect, eventually, run  # noqa: E402
 from tests.service.tiny_llama import build_model, random_requests, undisturbed_tokens  # noqa: E402
 

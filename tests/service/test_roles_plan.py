@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from service.cli import build_parser, main
-from service.pool import WorkerPool
+from service.commands.serve import build_settings
+from service.pool.pool import WorkerPool
 from service.protocol import GenerationRequest
-from service.serve_cmd import build_settings
 from service.settings import Settings
 
 TRACE = Path(__file__).resolve().parents[2] / "data" / "traces" / "azure_code_2023.csv"

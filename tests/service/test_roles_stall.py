@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 
-from service.pool import WorkerPool
+from service.pool.pool import WorkerPool
 from tests.service.pool_support import collect, run
 from tests.service.test_roles import request, settings
 

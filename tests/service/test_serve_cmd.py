@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 from service.cli import build_parser, main
-from service.serve_cmd import build_settings
+from service.commands.serve import build_settings
 from tests.service.live_server import ROOT, free_port
 
 

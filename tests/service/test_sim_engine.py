@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service._engine_host import build_loop, waiting_request
 from service.engines.sim import (
     EOS_TOKEN_ID,
     SimEngine,
@@ -21,6 +20,7 @@ from service.engines.sim import (
 )
 from service.protocol import GenerationRequest
 from service.settings import Settings
+from service.worker.engine_host import build_loop, waiting_request
 from simulator.cost_model import load_cost_model
 
 

@@ -18,10 +18,10 @@ import httpx
 import pytest
 from fastapi import FastAPI
 
-from service.app import create_app
+from service.backends.upstream import UpstreamBackend
+from service.backends.upstream.tokenizer import Llama3Tokenizer
+from service.http.app import create_app
 from service.metrics import Metrics
-from service.upstream import UpstreamBackend
-from service.upstream.tokenizer import Llama3Tokenizer
 from tests.service.fakes import MODEL, FakeTokenizer, make_settings, parse_sse, serve
 from tests.service.upstream_fake import UPSTREAM_MODEL, FakeUpstream, free_port, running
 

@@ -12,14 +12,14 @@ import httpx
 import pytest
 from pydantic import ValidationError
 
+from service.backends.upstream import UpstreamBackend
+from service.backends.upstream.forward import UpstreamError, finish_reason_of, parse_chunk
+from service.backends.upstream.queue import AdmissionQueue, Flight, order_of
+from service.backends.upstream.state import Upstream, parse_load
+from service.backends.upstream.tokenizer import Llama3Tokenizer, load_tokenizer
 from service.cli import main
 from service.protocol import GenerationRequest, TokenEvent
 from service.settings import Settings
-from service.upstream import UpstreamBackend
-from service.upstream.forward import UpstreamError, finish_reason_of, parse_chunk
-from service.upstream.queue import AdmissionQueue, Flight, order_of
-from service.upstream.state import Upstream, parse_load
-from service.upstream.tokenizer import Llama3Tokenizer, load_tokenizer
 from tests.service.fakes import FakeTokenizer
 
 VLLM_METRICS = """# TYPE vllm:kv_cache_usage_perc gauge

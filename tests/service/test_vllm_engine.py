@@ -16,8 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.cli import main
-from service.engines.vllm import (
+from service.backends.vllm import (
     AMX_EXTENSION,
     INSTALL_HINT,
     SCHEDULER_CLS,
@@ -26,6 +25,7 @@ from service.engines.vllm import (
     load_tokenizer,
     scheduler_env,
 )
+from service.cli import main
 from service.settings import Settings
 from service.vllm_ext.config import load_settings
 from tests.service.upstream_fake import free_port

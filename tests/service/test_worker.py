@@ -13,8 +13,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service import ipc
-from service._worker_state import HostOverhead
 from service.engines.sim import (
     EOS_TOKEN_ID,
     SimTokenizer,
@@ -24,7 +22,9 @@ from service.engines.sim import (
 )
 from service.protocol import GenerationRequest, TokenEvent
 from service.settings import Settings
-from service.worker import Worker, worker_main
+from service.worker import ipc
+from service.worker.state import HostOverhead
+from service.worker.worker import Worker, worker_main
 
 PROMPT = tuple(range(5, 15))
 

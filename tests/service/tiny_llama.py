@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from service._engine_host import build_loop, waiting_request
 from service.protocol import GenerationRequest
 from service.settings import Settings
+from service.worker.engine_host import build_loop, waiting_request
 
 WORDS = [f"w{i}" for i in range(60)]
 SPECIALS = ["[UNK]", "<s>", "</s>"]

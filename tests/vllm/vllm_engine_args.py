@@ -1,6 +1,6 @@
 """Run inside the vLLM venv: `kvsched serve --engine vllm`'s engine arguments, resolved by vLLM.
 
-Builds the tiny model, turns Settings into `AsyncEngineArgs` with `service.engines.vllm
+Builds the tiny model, turns Settings into `AsyncEngineArgs` with `service.backends.vllm
 .engine_kwargs`, lets vLLM build its engine config (CPU platform) and prints, as JSON, the
 scheduler class vLLM will load and the limits it took from our settings.
 """
@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from service.engines.vllm import engine_kwargs
+from service.backends.vllm import engine_kwargs
 from service.settings import Settings
 from tests.vllm.vllm_harness import build_model
 

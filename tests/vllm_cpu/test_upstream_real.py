@@ -43,7 +43,7 @@ UPSTREAM_ARGS = (
     "--max-model-len", "512", "--max-num-seqs", "8", "--seed", "0",
     "--distributed-executor-backend", "uni",
     # vLLM's bf16 CPU attention runs AMX instructions; this extension asks Linux for them
-    "--worker-extension-cls", "service.engines.vllm.AmxWorkerExtension",
+    "--worker-extension-cls", "service.backends.vllm.AmxWorkerExtension",
 )  # fmt: skip
 HANG_GUARD_S = 180.0
 

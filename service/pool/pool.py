@@ -8,7 +8,7 @@ tokens is re-submitted with them (`output_token_ids`, `recompute`), so the new w
 prompt + k tokens itself and continues with token k + 1: the client's stream goes on with no
 error, no token twice and none missing (decoding is deterministic). A request fails only once
 it was on more than `settings.max_resubmits` dying workers, saying so. With worker roles
-(service.roles) a request goes to a prefill worker first, then with its first token to a decode
+(service.pool.roles) a request goes to a prefill worker first, then with its first token to a decode
 worker; a failover of a request that streamed beyond that token goes to a decode worker. A
 hand-over's KV cache (hf engine) passes through here once, from the prefill worker's pipe into
 the decode worker's queue; the pool keeps no copy, so if that decode worker dies the request
@@ -27,8 +27,8 @@ from collections.abc import AsyncIterator
 from typing import Any, Final
 
 from algorithms import make_batch_former, refuse_clairvoyant
-from service import ipc
-from service._worker_procs import (
+from service.metrics import Metrics
+from service.pool.processes import (
     OutboundReader,
     PendingRequest,
     WorkerProcess,
@@ -39,10 +39,10 @@ from service._worker_procs import (
     spawn_worker,
     threadsafe,
 )
-from service.metrics import Metrics
+from service.pool.roles import RoleMetrics, first_role, pick_slot, worker_role
 from service.protocol import GenerationRequest, TokenEvent
-from service.roles import RoleMetrics, first_role, pick_slot, worker_role
 from service.settings import Settings
+from service.worker import ipc
 
 MAX_START_FAILURES: Final = 5  # a slot whose worker dies this often before ready is given up
 

@@ -5,7 +5,7 @@ SGLang) only while its projected KV fits, routes by load read from the upstreams
 streams /v1/completions back as TokenEvents. See docs/serving-upstream.md.
 """
 
-from service.upstream.backend import UpstreamBackend
-from service.upstream.tokenizer import load_tokenizer
+from service.backends.upstream.backend import UpstreamBackend
+from service.backends.upstream.tokenizer import load_tokenizer
 
 __all__ = ["UpstreamBackend", "load_tokenizer"]

@@ -16,7 +16,7 @@ from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.gateway import Gateway
+from service.gateway.gateway import Gateway
 
 GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
 # with `stream: true`: server-sent events; before OpenAPI 3.2 a stream's `schema` is one event's

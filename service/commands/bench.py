@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from service.bench import PATHS, RequestResult, build_requests, first_model, replay
+from service.commands.loadgen import PATHS, RequestResult, build_requests, first_model, replay
 from simulator.arrivals import with_arrivals
 from simulator.traces import load_trace
 

@@ -21,7 +21,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.schemas import ErrorDetail, ErrorResponse
+from service.http.schemas import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger("kvsched.gateway")
 

@@ -17,8 +17,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from service.gateway import Delta, Job
-from service.schemas import (
+from service.gateway.gateway import Delta, Job
+from service.http.schemas import (
     AssistantMessage,
     ChatChoice,
     ChatChunkChoice,

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.errors import ApiError
-from service.gateway import Gateway, Job, Options
-from service.schemas import (
+from service.gateway.gateway import Gateway, Job, Options
+from service.http.errors import ApiError
+from service.http.schemas import (
     ChatCompletionRequest,
     ChatCompletionResponse,
     CompletionRequest,
@@ -27,7 +27,7 @@ from service.schemas import (
     ModelCard,
     ModelList,
 )
-from service.streaming import (
+from service.http.streaming import (
     ChatFormat,
     CompletionFormat,
     Format,

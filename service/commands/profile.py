@@ -7,7 +7,7 @@ An iteration's time is its wall time, or the duration the engine reports if that
 sim engine paces against a deadline and hides up to one iteration of caller overhead); times
 are multiplied by the engine's `speedup` (sim), so a sim profile is in the emulated model's time.
 
-`--engine vllm` steps vLLM's own engine in this process (`service.engines.vllm.VllmStepEngine`:
+`--engine vllm` steps vLLM's own engine in this process (`service.backends.vllm.VllmStepEngine`:
 one iteration = one `LLMEngine.step()`, our scheduler class inside with policy `vllm`, prefix
 caching off, KV blocks and token budget sized so each cell is one prefill step then decodes).
 The profile is written as .toml (cost model + the samples as comments) or .json (the cost-model
@@ -103,7 +103,7 @@ def build_engine(args: argparse.Namespace, grid: ProfileGrid | None = None) -> E
 
 def build_vllm_engine(model: str, grid: ProfileGrid, fields: dict[str, Any]) -> Engine:
     """`VllmStepEngine` sized for `grid`: each cell's prompts in one step, its KV in blocks."""
-    from service.engines.vllm import VllmStepEngine, kv_block_size
+    from service.backends.vllm import VllmStepEngine, kv_block_size
 
     block = kv_block_size()
     longest = max(grid.seq_tokens) + grid.decode_steps + 2

@@ -47,7 +47,7 @@ CPU_BLOCK_SIZE: Final = 32  # vLLM's CPU attention takes multiples of 32 only (i
 CPU_KV_CACHE_BYTES: Final = 1 << 30  # KV budget on CPU unless VLLM_CPU_KVCACHE_SPACE is set
 CPU_KV_ENV: Final = "VLLM_CPU_KVCACHE_SPACE"
 MULTIPROC_ENV: Final = "VLLM_ENABLE_V1_MULTIPROCESSING"
-AMX_EXTENSION: Final = "service.engines.vllm.AmxWorkerExtension"
+AMX_EXTENSION: Final = "service.backends.vllm.AmxWorkerExtension"
 
 
 class AmxWorkerExtension:

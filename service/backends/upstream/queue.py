@@ -15,8 +15,8 @@ import itertools
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from service.backends.upstream.state import Upstream
 from service.protocol import GenerationRequest, TokenEvent
-from service.upstream.state import Upstream
 
 Order = Literal["arrival", "lo", "hi"]
 ORDER_BY_POLICY: Final[dict[str, Order]] = {"vllm": "arrival", "fcfs": "arrival", "amin": "lo"}

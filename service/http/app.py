@@ -1,7 +1,7 @@
-"""The gateway app factory: `uvicorn --factory service.app:create_app` (docs/architecture.md).
+"""The gateway app factory: `uvicorn --factory service.http.app:create_app` (docs/architecture.md).
 
 No module-level app: `create_app()` reads `Settings` (KVSCHED_* env) when none are passed, and
-builds the default backend (`service.pool.WorkerPool`), the engine's tokenizer and the length
+builds the default backend (`service.pool.pool.WorkerPool`), the engine's tokenizer and the length
 predictor only when they are not given, importing them lazily, so tests run with fakes alone.
 The lifespan starts the backend and, on shutdown, stops accepting before it drains.
 """
@@ -16,12 +16,12 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from fastapi import FastAPI
 
 from predictors.base import IntervalPredictor
-from service import api
 from service.engines.base import Tokenizer
-from service.errors import GatewayMiddleware, install_error_handlers
-from service.gateway import Gateway
+from service.gateway.gateway import Gateway
+from service.http import routes
+from service.http.errors import GatewayMiddleware, install_error_handlers
+from service.http.openapi import install_openapi
 from service.metrics import Metrics
-from service.openapi import install_openapi
 from service.protocol import Backend
 from service.settings import Settings
 
@@ -60,7 +60,7 @@ def create_app(
     )
     app.state.gateway = gateway
     install_error_handlers(app)
-    app.include_router(api.router)
+    app.include_router(routes.router)
     install_openapi(app, gateway)
     app.add_middleware(
         GatewayMiddleware,
@@ -92,18 +92,18 @@ def _default_backend(settings: Settings, metrics: Metrics, tokenizer: Tokenizer)
     """WorkerPool; `openai-upstream` and `vllm` bring their own Backend (no worker processes)."""
     backend: Backend
     if settings.engine == "openai-upstream":
-        upstream = importlib.import_module("service.upstream")
+        upstream = importlib.import_module("service.backends.upstream")
         backend = upstream.UpstreamBackend(settings, tokenizer, metrics=metrics)
     elif settings.engine == "vllm":
-        vllm_engine = importlib.import_module("service.engines.vllm")
+        vllm_engine = importlib.import_module("service.backends.vllm")
         backend = vllm_engine.VllmBackend(settings, metrics=metrics)
     else:
-        backend = importlib.import_module("service.pool").WorkerPool(settings, metrics=metrics)
+        backend = importlib.import_module("service.pool.pool").WorkerPool(settings, metrics=metrics)
     return backend
 
 
 def _default_tokenizer(settings: Settings) -> Tokenizer:
-    name = "service.upstream" if settings.engine == "openai-upstream" else None
+    name = "service.backends.upstream" if settings.engine == "openai-upstream" else None
     engine = importlib.import_module(name or f"service.engines.{settings.engine}")
     tokenizer: Tokenizer = engine.load_tokenizer(settings)
     return tokenizer

@@ -17,10 +17,10 @@ from typing import Final
 
 import httpx
 
+from service.backends.upstream.state import ReportedLoad, Upstream, parse_load
 from service.metrics import Metrics
 from service.protocol import WorkerStats
 from service.settings import Settings
-from service.upstream.state import ReportedLoad, Upstream, parse_load
 
 PROBE_TIMEOUT_S: Final = 5.0
 

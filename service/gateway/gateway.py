@@ -16,15 +16,15 @@ from dataclasses import dataclass
 from typing import Any
 
 from predictors.base import IntervalPredictor
-from service.completion_log import CompletionLog
 from service.engines.base import Tokenizer
-from service.errors import ApiError
+from service.gateway.completion_log import CompletionLog
+from service.gateway.online_calibration import OnlineFeedback
+from service.gateway.predict_batcher import IntervalBatcher
+from service.gateway.stop import StopMatcher
+from service.http.errors import ApiError
 from service.metrics import Metrics, RequestObserver
-from service.online_calibration import OnlineFeedback
-from service.predict_batcher import IntervalBatcher
 from service.protocol import Backend, FinishReason, GenerationRequest, TokenEvent
 from service.settings import Settings
-from service.stop import StopMatcher
 
 logger = logging.getLogger("kvsched.gateway")
 RETRY_AFTER_S = 1

@@ -23,11 +23,11 @@ from multiprocessing.context import SpawnContext, SpawnProcess
 from multiprocessing.queues import Queue
 from typing import Any, Final
 
-from service.ipc import Inbound, KVHandover, Shutdown, WorkerReady
+from service.pool.roles import Role
 from service.protocol import GenerationRequest, TokenEvent, WorkerStats
-from service.roles import Role
 from service.settings import Settings
-from service.worker import worker_main
+from service.worker.ipc import Inbound, KVHandover, Shutdown, WorkerReady
+from service.worker.worker import worker_main
 
 JOIN_TIMEOUT_S: Final = 5.0
 POLL_S: Final = 0.1  # how soon the reader notices a new worker (deaths wake it at once)
@@ -74,7 +74,7 @@ def threadsafe(
 
 
 def spawn_worker(ctx: SpawnContext, settings: Settings, worker_id: int) -> WorkerProcess:
-    """Start `service.worker.worker_main` in a fresh (spawned) interpreter."""
+    """Start `service.worker.worker.worker_main` in a fresh (spawned) interpreter."""
     inbound: Queue[Inbound] = ctx.Queue()
     receiver, sender = ctx.Pipe(duplex=False)
     process = ctx.Process(

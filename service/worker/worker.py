@@ -6,7 +6,7 @@ blocking while it has work, runs one loop iteration at a time and sends the iter
 streamed exactly once (under resume preemption an evicted request keeps its tokens and goes on
 after them; under restart preemption it regenerates them deterministically and the ones already
 sent are skipped); every submitted request gets exactly one final event, or (on a prefill
-worker, service.roles) its first token and a `Prefilled` hand-over; an exception is reported as
+worker, service.pool.roles) its first token and a `Prefilled` hand-over; an exception is reported as
 `WorkerFailed` and re-raised, so the process exits non-zero.
 
 KV hand-over: an engine with `export_kv` (hf) has a prefill worker attach the request's KV
@@ -32,14 +32,14 @@ from typing import Any, Final, Protocol, cast
 
 from algorithms import RequestRejectedError
 from algorithms.loop import StepOutcome
-from service import ipc
-from service._engine_host import build_loop, load_engine, request_problem, waiting_request
-from service._worker_state import HostOverhead, TrackedRequest, Transit, WorkerCounters
-from service.detok import IncrementalDetokenizer
 from service.engines.base import Engine, Tokenizer
+from service.pool.roles import role_settings, worker_role
 from service.protocol import FinishReason, TokenEvent
-from service.roles import role_settings, worker_role
 from service.settings import Settings
+from service.worker import ipc
+from service.worker.detok import IncrementalDetokenizer
+from service.worker.engine_host import build_loop, load_engine, request_problem, waiting_request
+from service.worker.state import HostOverhead, TrackedRequest, Transit, WorkerCounters
 
 STATS_INTERVAL_S: Final = 0.05
 IDLE_POLL_S: Final = 0.1  # how long an idle worker blocks on its inbound queue at a time

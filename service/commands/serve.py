@@ -207,7 +207,7 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = build_settings(args)
     import uvicorn  # the web stack loads only for this command
 
-    from service.app import create_app
+    from service.http.app import create_app
 
     app = create_app(settings)
     # uvicorn re-raises SIGTERM after its graceful shutdown; end with exit status 0 instead

@@ -14,8 +14,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from service.detok import IncrementalDetokenizer
 from service.protocol import FinishReason, GenerationRequest, TokenEvent, WorkerStats
+from service.worker.detok import IncrementalDetokenizer
 
 
 @dataclass(slots=True)

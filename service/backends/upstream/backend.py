@@ -20,19 +20,19 @@ from typing import Any, Final
 import httpx
 
 from algorithms import make_batch_former, refuse_clairvoyant
-from service.engines.base import Tokenizer
-from service.metrics import Metrics
-from service.protocol import GenerationRequest, TokenEvent
-from service.settings import Settings
-from service.upstream.forward import (
+from service.backends.upstream.forward import (
     UpstreamError,
     completion_body,
     finish_reason_of,
     stream_chunks,
 )
-from service.upstream.probe import Prober
-from service.upstream.queue import AdmissionQueue, Flight, order_of
-from service.upstream.state import Upstream
+from service.backends.upstream.probe import Prober
+from service.backends.upstream.queue import AdmissionQueue, Flight, order_of
+from service.backends.upstream.state import Upstream
+from service.engines.base import Tokenizer
+from service.metrics import Metrics
+from service.protocol import GenerationRequest, TokenEvent
+from service.settings import Settings
 
 CONNECT_TIMEOUT_S: Final = 5.0
 DEFAULT_MAX_IN_FLIGHT: Final = 256  # per upstream while its capacity is unknown
@@ -44,7 +44,8 @@ class UpstreamBackend:
 
     `send_token_ids`: forward prompt token ids (the gateway's tokenizer is the upstream
     model's) instead of the decoded text; default: when `settings.tokenizer` is set.
-    `transport`: an httpx transport for tests. `metrics`: see `service.upstream.probe.Prober`.
+    `transport`: an httpx transport for tests. `metrics`: see
+    `service.backends.upstream.probe.Prober`.
     """
 
     def __init__(
