@@ -197,6 +197,17 @@ class RunningSet:
         self.generated += produced
         self.kv_tokens += int(produced.sum())
 
+    def set_generated(self, generated: IntArray) -> None:
+        """Record tokens counted by an engine that runs elsewhere (inside vLLM, an upstream
+        server): row j has produced `generated[j]` tokens in its current run; a row with a
+        token out has finished its prefill."""
+        generated = np.asarray(generated, dtype=np.int64)
+        if generated.shape != self.generated.shape:
+            raise ValueError(f"expected {len(self.ids)} counts, got {generated.shape}")
+        self.kv_tokens += int(generated.sum() - self.generated.sum())
+        self.generated = generated
+        self.prefill_left = np.where(generated > 0, 0, self.prefill_left)
+
 
 def _output_cap(request: WaitingRequest, kv_capacity_tokens: int) -> int:
     cap = kv_capacity_tokens - request.prompt_tokens

@@ -173,10 +173,7 @@ class Mirror:
             return
         if not self._progress_read:
             self.read_progress()
-        generated = np.maximum(self._row_produced - self._row_kept, 0)
-        running.kv_tokens += int(generated.sum() - running.generated.sum())
-        running.generated = generated
-        running.prefill_left = np.where(generated > 0, 0, running.prefill_left)
+        running.set_generated(np.maximum(self._row_produced - self._row_kept, 0))
 
     def plan(self, now_s: float) -> Plan:
         """Ask the former; evictions and admissions as vLLM request objects.

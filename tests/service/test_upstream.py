@@ -106,11 +106,15 @@ async def test_routes_to_the_least_loaded_upstream() -> None:
     assert [u["num_served"] for u in state["upstreams"]] == [2, 3]
 
 
-async def test_admission_holds_requests_until_projected_kv_fits() -> None:
+async def test_admission_holds_requests_until_the_former_admits_them() -> None:
     fake = FakeUpstream(num_tokens=2)
     fake.gate = asyncio.Event()
-    # each request: 3 prompt + hi 40 (no predictor: hi = max_tokens) = 43; two fit in 100
-    async with upstreams(fake) as urls, serve(gateway(urls, upstream_kv_tokens=100)) as client:
+    # mcsf plans with hi: each request 3 prompt + hi 40 (no predictor: hi = max_tokens) = 43;
+    # two fit in 100, a third would reach 129
+    async with (
+        upstreams(fake) as urls,
+        serve(gateway(urls, policy="mcsf", upstream_kv_tokens=100)) as client,
+    ):
         body = {"model": MODEL, "prompt": PROMPT, "max_tokens": 40}
         posts = [asyncio.create_task(client.post("/v1/completions", json=body)) for _ in range(5)]
         while fake.active < 2:
@@ -127,11 +131,11 @@ async def test_admission_holds_requests_until_projected_kv_fits() -> None:
     assert state["num_requests"] == 0 and state["upstreams"][0]["projected_kv_tokens"] == 0
 
 
-async def test_shortest_predicted_first_for_sf() -> None:
+async def test_shortest_predicted_first_for_mcsf() -> None:
     fake = FakeUpstream(num_tokens=1)
     fake.gate = asyncio.Event()
     async with upstreams(fake) as urls:
-        app = gateway(urls, policy="sf", upstream_kv_tokens=60)
+        app = gateway(urls, policy="mcsf", upstream_kv_tokens=60)
         async with serve(app) as client:
             first = asyncio.create_task(client.post("/v1/completions", json=_body(50)))
             while fake.active < 1:
@@ -187,7 +191,7 @@ async def test_kvsched_serve_cli_with_the_default_tokenizer() -> None:
     num_prompt = len(Llama3Tokenizer().encode("Héllo wörld"))
     assert response.json()["usage"]["prompt_tokens"] == num_prompt  # the gateway's Llama-3 count
     assert fake.bodies[0]["prompt"] == "Héllo wörld"  # forwarded as the same text
-    assert state["gateway"]["kv_capacity_tokens"] == 4000 and state["queue_order"] == "arrival"
+    assert state["gateway"]["kv_capacity_tokens"] == 4000 and state["policy"] == "fcfs"
     assert code == 0
 
 

@@ -1,5 +1,6 @@
-"""The `openai-upstream` engine's parts: load parsing, admission and routing rules, the queue's
-orders, chunk parsing, settings validation, and the backend against httpx's MockTransport.
+"""The `openai-upstream` engine's parts: load parsing, capacity rules, chunk parsing, settings
+validation, and the backend against httpx's MockTransport (the batch former's admissions:
+test_upstream_scheduler.py).
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ from pydantic import ValidationError
 
 from service.backends.upstream import UpstreamBackend
 from service.backends.upstream.forward import UpstreamError, finish_reason_of, parse_chunk
-from service.backends.upstream.queue import AdmissionQueue, Flight, order_of
 from service.backends.upstream.state import Upstream, parse_load
 from service.backends.upstream.tokenizer import Llama3Tokenizer, load_tokenizer
 from service.cli import main
@@ -45,22 +45,18 @@ def test_parse_load_reads_vllm_and_sglang_gauges() -> None:
         parse_load("vllm:kv_cache_usage_perc not-a-number\n")
 
 
-def test_fits_by_projected_kv_and_by_watermark_when_capacity_unknown() -> None:
-    up = Upstream(0, "http://a/", capacity_tokens=100, max_in_flight=2)
-    assert up.url == "http://a" and not up.fits(1)  # not reachable yet
-    up.reachable = True
-    assert up.fits(500)  # idle: anything, or it would wait forever
-    up.admit(60, 5)
-    assert up.fits(40) and not up.fits(41)
-    unknown = Upstream(1, "http://b", capacity_tokens=None, max_in_flight=2)
+def test_takes_another_by_watermark_and_in_flight_cap_while_capacity_unknown() -> None:
+    unknown = Upstream(1, "http://b/", capacity_tokens=None, max_in_flight=2)
+    assert unknown.url == "http://b" and not unknown.takes_another()  # not reachable yet
     unknown.reachable = True
+    assert unknown.takes_another()  # idle: anything, or a large request would wait forever
     unknown.admit(1000, 5)
-    assert unknown.fits(10**6)
+    assert unknown.takes_another()
     unknown.reported = parse_load("vllm:kv_cache_usage_perc 0.95\n")
-    assert not unknown.fits(1)
+    assert not unknown.takes_another()
     unknown.reported = parse_load("vllm:kv_cache_usage_perc 0.1\n")
     unknown.admit(1, 1)
-    assert not unknown.fits(1)  # max_in_flight reached
+    assert not unknown.takes_another()  # max_in_flight reached
 
 
 def test_capacity_is_learned_from_usage_and_never_overrides_a_configured_one() -> None:
@@ -89,32 +85,6 @@ def test_load_combines_projected_reported_and_waiting() -> None:
     assert up.load() == pytest.approx(0.3)
     up.reported = parse_load(VLLM_METRICS)  # usage 0.5, 5 waiting
     assert up.load() == pytest.approx(0.5 + 5 / 16)
-
-
-@pytest.mark.parametrize(
-    ("policy", "expected"),
-    [("fcfs", ["a", "b", "c"]), ("vllm", ["a", "b", "c"]), ("amin", ["c", "a", "b"]),
-     ("sf", ["b", "a", "c"]), ("amax", ["b", "a", "c"])],
-)  # fmt: skip
-def test_queue_order_follows_the_policy(policy: str, expected: list[str]) -> None:
-    queue = AdmissionQueue(order_of(policy))
-    for rid, lo, hi in (("a", 5, 20), ("b", 8, 10), ("c", 1, 30)):
-        queue.push(Flight(request(rid, lo, hi)))
-    assert [queue.pop().request.request_id for _ in range(3)] == expected
-    assert queue.peek() is None and len(queue) == 0
-
-
-def test_queue_remove_and_requeue() -> None:
-    queue = AdmissionQueue("arrival")
-    for rid in "abc":
-        queue.push(Flight(request(rid)))
-    assert queue.remove("a") and not queue.remove("a")
-    queue.push(Flight(request("a")))  # queued again: now last
-    with pytest.raises(ValueError, match="already queued"):
-        queue.push(Flight(request("b")))
-    assert [queue.pop().request.request_id for _ in range(3)] == ["b", "c", "a"]
-    with pytest.raises(IndexError):
-        queue.pop()
 
 
 def test_parse_chunk_and_finish_reasons() -> None:
@@ -222,9 +192,9 @@ def test_cancel_while_queued_never_reaches_the_upstream() -> None:
         return httpx.Response(200, content=sse(" x"))
 
     async def run() -> tuple[list[TokenEvent], list[TokenEvent], dict[str, Any]]:
-        backend = mock_backend(handler, ("http://a",), upstream_kv_tokens=20)
+        backend = mock_backend(handler, ("http://a",), upstream_kv_tokens=20, policy="fcfs")
         await backend.start()
-        first = asyncio.create_task(collect(backend, request("r1")))  # 15 of 20 tokens
+        first = asyncio.create_task(collect(backend, request("r1")))  # 15 of 20 tokens (hi)
         second = asyncio.create_task(collect(backend, request("r2")))  # 15 more: waits
         await asyncio.sleep(0.05)
         queued = backend.describe()["num_waiting"]

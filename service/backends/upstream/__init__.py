@@ -1,8 +1,9 @@
 """The `openai-upstream` engine: kvsched's gateway in front of OpenAI-compatible servers (issue 7).
 
-`UpstreamBackend` queues requests in the policy's order, admits each to an upstream (vLLM,
-SGLang) only while its projected KV fits, routes by load read from the upstreams' /metrics, and
-streams /v1/completions back as TokenEvents. See docs/serving-upstream.md.
+`UpstreamBackend` holds requests at the gateway and lets the policy's batch former decide which
+one goes to which upstream (vLLM, SGLang), planned against each upstream's KV and offered to the
+least-loaded first (load read from the upstreams' /metrics), and streams /v1/completions back
+as TokenEvents. See docs/serving-upstream.md.
 """
 
 from service.backends.upstream.backend import UpstreamBackend

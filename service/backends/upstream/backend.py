@@ -1,10 +1,11 @@
 """`UpstreamBackend`: the `openai-upstream` engine's Backend (docs/serving-upstream.md).
 
-Requests wait in an `AdmissionQueue` in the policy's order; the head is sent to the reachable
-upstream with the least load among those where its projected KV (prompt + hi) fits, as a
-streaming /v1/completions call whose chunks become TokenEvents. A background task reads every
-upstream's /metrics each `upstream_probe_interval_s`. Invariant: every accepted request gets
-exactly one final event (an "error" one carries the HTTP status), and none waits forever.
+Requests wait at the gateway; the policy's batch former decides which one is sent to which
+upstream (`UpstreamScheduler`: the former planned against each upstream's KV, the least-loaded
+upstream asked first), as a streaming /v1/completions call whose chunks become TokenEvents.
+A background task reads every upstream's /metrics each `upstream_probe_interval_s`.
+Invariant: every accepted request gets exactly one final event (an "error" one carries the HTTP
+status), and none waits forever.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, Final
 import httpx
 
 from algorithms import make_batch_former, refuse_clairvoyant
+from service.backends.upstream.flight import Flight
 from service.backends.upstream.forward import (
     UpstreamError,
     completion_body,
@@ -27,7 +29,7 @@ from service.backends.upstream.forward import (
     stream_chunks,
 )
 from service.backends.upstream.probe import Prober
-from service.backends.upstream.queue import AdmissionQueue, Flight, order_of
+from service.backends.upstream.scheduler import UpstreamScheduler
 from service.backends.upstream.state import Upstream
 from service.engines.base import Tokenizer
 from service.metrics import Metrics
@@ -58,20 +60,19 @@ class UpstreamBackend:
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         refuse_clairvoyant(settings.policy)
-        make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad names
         if not settings.upstream:
             raise ValueError("engine 'openai-upstream' needs at least one --upstream URL")
         self.settings, self.tokenizer, self.metrics = settings, tokenizer, metrics
         self.send_token_ids = settings.tokenizer is not None if send_token_ids is None else (
             send_token_ids
         )  # fmt: skip
-        self.order = order_of(settings.policy)
         in_flight = settings.max_batch_size or DEFAULT_MAX_IN_FLIGHT
         self.upstreams = [
             Upstream(i, url, settings.upstream_kv_tokens, in_flight)
             for i, url in enumerate(settings.upstream)
         ]
-        self._queue: AdmissionQueue = AdmissionQueue(self.order)
+        former = make_batch_former(settings.policy, **settings.policy_params)
+        self._scheduler = UpstreamScheduler(former, self.upstreams)
         self._flights: dict[str, Flight] = {}
         self._transport = transport
         self._client: httpx.AsyncClient | None = None
@@ -144,12 +145,12 @@ class UpstreamBackend:
         return {
             "policy": self.settings.policy,
             "engine": "openai-upstream",
-            "queue_order": self.order,
+            "admission": "batch former at the gateway; upstreams preempt by themselves",
             "prompt_format": "token_ids" if self.send_token_ids else "text",
             "ready": self.is_ready(),
             "accepting": self._accepting,
             "num_requests": len(self._flights),
-            "num_waiting": len(self._queue),
+            "num_waiting": len(self._scheduler),
             "upstreams": [u.describe() for u in self.upstreams],
             "workers": [  # what the gateway reads to cap prompt + max_tokens
                 {
@@ -207,6 +208,7 @@ class UpstreamBackend:
             finally:
                 prompt_tokens = len(flight.request.prompt_token_ids)
                 upstream.release(flight.weight_tokens, prompt_tokens + flight.num_tokens)
+                self._scheduler.remove(flight.request.request_id)
                 self._dispatch()
 
     async def _admission(self, flight: Flight) -> Upstream:
@@ -214,7 +216,7 @@ class UpstreamBackend:
         if not any(u.reachable for u in self.upstreams):
             raise UpstreamError(503, self._unreachable_message())
         flight.admitted = asyncio.get_running_loop().create_future()
-        self._queue.push(flight)
+        self._scheduler.queue(flight)
         self._dispatch()
         try:
             return await flight.admitted
@@ -223,30 +225,28 @@ class UpstreamBackend:
             if admitted.done() and not admitted.cancelled() and admitted.exception() is None:
                 prompt_tokens = len(flight.request.prompt_token_ids)
                 admitted.result().release(flight.weight_tokens, prompt_tokens)
+                self._scheduler.remove(flight.request.request_id)
                 self._dispatch()
             raise
         finally:
-            self._queue.remove(flight.request.request_id)
+            if self._scheduler.is_waiting(flight.request.request_id):
+                self._scheduler.remove(flight.request.request_id)
 
     def _dispatch(self) -> None:
-        """Admit queued requests, head first, while the head fits on some upstream."""
-        while (head := self._queue.peek()) is not None:
-            future = head.admitted
-            if future is None or future.done():
-                self._queue.pop()
+        """Send waiting requests where the batch former admits them (`UpstreamScheduler`)."""
+        if not any(u.reachable for u in self.upstreams):
+            for flight in self._scheduler.waiting_flights():
+                self._scheduler.remove(flight.request.request_id)
+                if flight.admitted is not None and not flight.admitted.done():
+                    flight.admitted.set_exception(UpstreamError(503, self._unreachable_message()))
+            return
+        for flight, upstream in self._scheduler.dispatch(time.time()):
+            if flight.admitted is None or flight.admitted.done():  # cancelled meanwhile
+                self._scheduler.remove(flight.request.request_id)
+                upstream.release(flight.weight_tokens, len(flight.request.prompt_token_ids))
                 continue
-            if not any(u.reachable for u in self.upstreams):
-                self._queue.pop()
-                future.set_exception(UpstreamError(503, self._unreachable_message()))
-                continue
-            fitting = [u for u in self.upstreams if u.fits(head.weight_tokens)]
-            if not fitting:
-                return  # head-of-line: nothing overtakes the head
-            upstream = min(fitting, key=lambda u: (u.load(), u.num_in_flight, u.index))
-            self._queue.pop()
-            upstream.admit(head.weight_tokens, len(head.request.prompt_token_ids))
-            head.admitted_s = time.time()
-            future.set_result(upstream)
+            flight.admitted_s = time.time()
+            flight.admitted.set_result(upstream)
 
     async def _forward(self, flight: Flight, upstream: Upstream) -> None:
         """Stream the request from `upstream`; the final event goes out after `[DONE]`."""
@@ -284,7 +284,7 @@ class UpstreamBackend:
         flight.done = True
         flight.events.put_nowait(event)
         rid = flight.request.request_id
-        self._queue.remove(rid)
+        self._scheduler.remove(rid)
         if self._flights.get(rid) is flight:
             del self._flights[rid]
         if not self._flights:

@@ -100,22 +100,19 @@ class Upstream:
             return self.configured_capacity
         return None if self.learned_capacity is None else int(self.learned_capacity)
 
-    def fits(self, weight_tokens: int) -> bool:
-        """May a request of projected KV `weight_tokens` be sent here now?
+    def takes_another(self) -> bool:
+        """While its capacity is unknown: may one more request be sent here now?
 
-        An idle upstream takes anything (a request larger than the capacity would never run
-        otherwise; the upstream rejects what it cannot hold). Without a known capacity: fewer
-        than `max_in_flight` requests and the reported KV usage below the watermark.
+        An idle reachable upstream takes anything; otherwise it needs fewer than
+        `max_in_flight` requests and a reported KV usage below the watermark. With a known
+        capacity the batch former decides instead (service.backends.upstream.scheduler).
         """
         if not self.reachable:
             return False
         if self.num_in_flight == 0:
             return True
-        capacity = self.capacity_tokens
-        if capacity is None:
-            usage = self.reported.kv_usage or 0.0
-            return self.num_in_flight < self.max_in_flight and usage < UNKNOWN_CAPACITY_WATERMARK
-        return self.projected_tokens + weight_tokens <= capacity
+        usage = self.reported.kv_usage or 0.0
+        return self.num_in_flight < self.max_in_flight and usage < UNKNOWN_CAPACITY_WATERMARK
 
     def load(self) -> float:
         """max(our projected KV fraction, its reported KV usage) + waiting / WAITING_PER_FULL_KV."""
