@@ -12,16 +12,8 @@ import json
 from collections.abc import Mapping
 from pathlib import Path
 
-from predictors.dataset_rows import (
-    RowBuffer,
-    Where,
-    get_count,
-    get_str,
-    iter_jsonl,
-    prompt_id_of,
-    read_text,
-    shown,
-)
+from predictors.dataset_rows import RowBuffer, get_count, get_str, prompt_id_of, shown
+from predictors.jsonl import Place, read_jsonl, read_text
 
 DEFAULT_JSONL_SOURCE = "jsonl"
 
@@ -35,15 +27,13 @@ def read_alpaca_eval(path: Path, rows: RowBuffer) -> None:
     try:
         records = json.loads(read_text(path))
     except json.JSONDecodeError as exc:
-        raise Where(str(path), f"line {exc.lineno}").error(
-            "", f"invalid JSON ({exc.msg})"
-        ) from None
+        raise Place(str(path), exc.lineno).error(None, f"invalid JSON: {exc.msg}") from None
     if not isinstance(records, list):
-        raise Where(str(path)).error("", "expected a JSON list of AlpacaEval records")
+        raise Place(str(path)).error(None, "expected a JSON list of AlpacaEval records")
     for index, record in enumerate(records, start=1):
-        at = Where(str(path), f"record {index}")
+        at = Place(str(path), record=index)
         if not isinstance(record, dict):
-            raise at.error("", f"expected a JSON object, got {shown(record)}")
+            raise at.error(None, f"expected a JSON object, got {shown(record)}")
         prompt = get_str(record, "instruction", at)
         output = get_str(record, "output", at)
         model = get_str(record, "generator", at, default=path.stem)
@@ -63,7 +53,7 @@ def read_alpaca_eval(path: Path, rows: RowBuffer) -> None:
 def _read_questions(path: Path) -> dict[str, tuple[str, str]]:
     """uid -> (prompt, source) from an Arena-Hard question.jsonl."""
     questions: dict[str, tuple[str, str]] = {}
-    for at, record in iter_jsonl(path):
+    for at, record in read_jsonl(path):
         uid = get_str(record, "uid", at)
         if uid in questions:
             raise at.error("uid", f"duplicate question {uid!r}")
@@ -76,7 +66,7 @@ def _read_questions(path: Path) -> dict[str, tuple[str, str]]:
     return questions
 
 
-def _first_turn(turns: object, at: Where) -> str:
+def _first_turn(turns: object, at: Place) -> str:
     """The prompt of an older question record: ``turns[0].content``."""
     first = turns[0] if isinstance(turns, list) and turns else None
     if not isinstance(first, dict):
@@ -84,7 +74,7 @@ def _first_turn(turns: object, at: Where) -> str:
     return get_str(first, "content", at)
 
 
-def _answer_text(record: Mapping[str, object], at: Where) -> str:
+def _answer_text(record: Mapping[str, object], at: Place) -> str:
     """The last assistant turn's text: ``content.answer`` (or a plain string content)."""
     messages = record.get("messages")
     if not isinstance(messages, list):
@@ -111,9 +101,9 @@ def read_arena_hard(folder: Path, rows: RowBuffer) -> None:
     questions = _read_questions(question_file)
     answer_files = sorted((folder / "model_answer").glob("*.jsonl"))
     if not answer_files:
-        raise Where(str(folder / "model_answer")).error("", "no *.jsonl answer files")
+        raise Place(str(folder / "model_answer")).error(None, "no *.jsonl answer files")
     for path in answer_files:
-        for at, record in iter_jsonl(path):
+        for at, record in read_jsonl(path):
             uid = get_str(record, "uid", at)
             if uid not in questions:
                 raise at.error("uid", f"{uid!r} is not in {question_file.name}")
@@ -133,9 +123,9 @@ def read_canonical(path: Path, rows: RowBuffer) -> None:
     (default: hash of the prompt), ``source`` (default "jsonl"). Null means absent; other fields
     (``ts``, ``max_tokens``, ...) are ignored.
     """
-    for at, record in iter_jsonl(path):
+    for at, record in read_jsonl(path):
         if "messages" in record and "uid" in record:
-            raise at.error("", "this is an Arena-Hard answer file: pass the folder instead")
+            raise at.error(None, "this is an Arena-Hard answer file: pass the folder instead")
         prompt = get_str(record, "prompt", at)
         output_tokens = get_count(record, "output_tokens", at)
         output = ""

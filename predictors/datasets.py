@@ -31,11 +31,11 @@ import numpy as np
 
 from predictors.base import IntArray, LengthSamples
 from predictors.dataset_layouts import read_alpaca_eval, read_arena_hard, read_canonical
-from predictors.dataset_rows import DatasetFormatError, RowBuffer, Where, prompt_id_of
+from predictors.dataset_rows import RowBuffer, prompt_id_of
+from predictors.jsonl import Place
 from predictors.tokenizer import count_tokens
 
 __all__ = [
-    "DatasetFormatError",
     "LoadReport",
     "concat_samples",
     "detect_layout",
@@ -84,17 +84,17 @@ def detect_layout(path: str | Path) -> tuple[Layout, list[Path]]:
         if jsonl_files := _jsonl_files(path):
             return "jsonl", jsonl_files
         problem = "no question.jsonl, *.json, *.jsonl or *.jsonl.gz files in this folder"
-        raise Where(str(path)).error("", problem)
+        raise Place(str(path)).error(None, problem)
     if not path.is_file():
-        raise Where(str(path)).error("", "no such file or folder")
+        raise Place(str(path)).error(None, "no such file or folder")
     if path.name == "question.jsonl" and (path.parent / "model_answer").is_dir():
         return "arena_hard", [path.parent]
     if path.name.endswith(JSONL_SUFFIXES):
         return "jsonl", [path]
     if path.name.endswith(".json"):
         return "alpaca_eval", [path]
-    raise Where(str(path)).error(
-        "", "unknown layout: expected .json, .jsonl, .jsonl.gz or a folder"
+    raise Place(str(path)).error(
+        None, "unknown layout: expected .json, .jsonl, .jsonl.gz or a folder"
     )
 
 

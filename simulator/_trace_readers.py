@@ -1,7 +1,8 @@
 """Text -> columns for the trace formats behind `simulator.traces.load_trace` (private).
 
-Each reader checks every value and raises `TraceFormatError`, whose text is one line
+Each reader checks every value and raises `predictors.jsonl.FormatError`, whose text is one line
 `file:line: field 'name': problem` (lines 1-based as in an editor; a CSV header is line 1).
+JSON lines are split and parsed by `predictors.jsonl`, the reader shared with the length data.
 Invariant: returned columns are equal-length lists of valid values in file order; sorting and
 building arrays is `traces.py`'s job.
 """
@@ -17,7 +18,10 @@ import re
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
-from typing import Any, Final, NamedTuple, NoReturn
+from typing import Any, Final, NamedTuple
+
+from predictors import jsonl
+from predictors.jsonl import Place
 
 FORMATS: Final = ("azure", "mooncake", "vidur", "jsonl")
 _MAX_TOKENS: Final = 10**12  # far above any real length; keeps every value inside int64
@@ -47,23 +51,6 @@ CSV_LAYOUTS: Final = {
 }
 
 
-class TraceFormatError(ValueError):
-    """A trace file that cannot be read. ``str()`` is one line: ``path:line: field 'f': problem``.
-
-    ``line`` is 1-based as in a text editor (a CSV header is line 1); it and ``field`` are None
-    when the problem is not tied to one line or field.
-    """
-
-    def __init__(self, source: str, line: int | None, message: str, field: str | None = None):
-        self.source, self.line, self.message, self.field = source, line, message, field
-        where = source if line is None else f"{source}:{line}"
-        what = message if field is None else f"field {field!r}: {message}"
-        super().__init__(" ".join(f"{where}: {what}".split()))  # always one line
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (TraceFormatError, (self.source, self.line, self.message, self.field))
-
-
 @dataclass(slots=True)
 class RawColumns:
     """Values as read, in file order; ``arrival_per_s`` converts raw arrivals to seconds.
@@ -81,36 +68,20 @@ class RawColumns:
     models: list[str] | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class At:
-    """Where a value came from, to raise errors that point at it."""
-
-    source: str
-    line: int
-
-    def fail(self, field: str | None, message: str) -> NoReturn:
-        raise TraceFormatError(self.source, self.line, message, field)
-
-
 def _show(value: object) -> str:
     shown = repr(value) if isinstance(value, str) else json.dumps(value)
     return shown if len(shown) <= 40 else shown[:37] + "..."
 
 
 def read_text(path: Path, source: str) -> str:
-    """The file as text (UTF-8, optional BOM); raises TraceFormatError if empty or not UTF-8."""
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        line = data[: error.start].count(b"\n") + 1
-        raise TraceFormatError(source, line, "not UTF-8 text") from None
+    """The file as text (`predictors.jsonl.read_text`); raises FormatError if it is blank."""
+    text = jsonl.read_text(path)
     if not text.strip():
-        raise TraceFormatError(source, 1, "empty file; expected a header or one record per line")
+        Place(source, 1).fail(None, "empty file; expected a header or one record per line")
     return text
 
 
-def _count(value: object, at: At, field: str) -> int:
+def _count(value: object, at: Place, field: str) -> int:
     """A token count >= 1: an int, or an integral float/string (pandas may write '374.0')."""
     number: object = value
     if isinstance(value, str):
@@ -134,7 +105,7 @@ def _float_or_none(text: str) -> float | None:
         return None
 
 
-def _time(value: object, at: At, field: str, unit: str) -> float:
+def _time(value: object, at: Place, field: str, unit: str) -> float:
     number: float | None = None
     if isinstance(value, int | float) and not isinstance(value, bool):
         number = float(value)
@@ -145,7 +116,7 @@ def _time(value: object, at: At, field: str, unit: str) -> float:
     return number
 
 
-def _seconds(value: object, at: At, field: str) -> float:
+def _seconds(value: object, at: Place, field: str) -> float:
     return _time(value, at, field, "seconds")
 
 
@@ -155,7 +126,7 @@ def _day_ticks(iso_date: str) -> int:
     return date.fromisoformat(iso_date).toordinal() * 86400 * 10**7
 
 
-def _azure_ticks(value: str, at: At, field: str) -> int:
+def _azure_ticks(value: str, at: Place, field: str) -> int:
     """Azure TIMESTAMP -> integer 100 ns ticks since 0001-01-01 (exact, fits int64)."""
     match = _AZURE_TIME.fullmatch(value.strip())
     try:
@@ -185,14 +156,14 @@ def read_csv(text: str, source: str, layout: CsvLayout) -> RawColumns:
         for name in (layout.arrival, layout.prompt, layout.output):
             if name not in index and (name != layout.arrival or layout.is_azure):
                 message = f"missing column; the header has {','.join(header)!r}"
-                At(source, header_line).fail(name, message)
+                Place(source, header_line).fail(name, message)
         columns = RawColumns([] if layout.arrival in index else None, layout.arrival_per_s)
         for line, row in rows:
-            _csv_row(row, len(header), index, columns, At(source, line), layout)
+            _csv_row(row, len(header), index, columns, Place(source, line), layout)
     except csv.Error as error:
-        At(source, reader.line_num).fail(None, f"malformed CSV: {error}")
+        Place(source, reader.line_num).fail(None, f"malformed CSV: {error}")
     if not columns.prompt_tokens:
-        At(source, header_line).fail(None, "no requests after the header")
+        Place(source, header_line).fail(None, "no requests after the header")
     return columns
 
 
@@ -201,7 +172,7 @@ def _csv_row(
     num_columns: int,
     index: dict[str, int],
     columns: RawColumns,
-    at: At,
+    at: Place,
     layout: CsvLayout,
 ) -> None:
     if len(row) != num_columns:
@@ -216,42 +187,26 @@ def _csv_row(
     columns.output_tokens.append(_count(row[index[layout.output]], at, layout.output))
 
 
-def json_object(raw: str, at: At) -> dict[str, Any]:
-    """One line of JSONL, which must hold a JSON object."""
-    try:
-        record = json.loads(raw)
-    except json.JSONDecodeError as error:
-        at.fail(None, f"invalid JSON: {error.msg} at column {error.colno}")
-    except (ValueError, RecursionError) as error:  # e.g. an integer with > 4300 digits
-        at.fail(None, f"invalid JSON: {error}")
-    if not isinstance(record, dict):
-        at.fail(None, f"expected a JSON object, got {type(record).__name__}")
-    return record
-
-
 def read_jsonl(text: str, source: str, *, is_mooncake: bool) -> RawColumns:
     """Mooncake or canonical JSONL: one JSON object per non-blank line."""
     columns = RawColumns([] if is_mooncake else None, 1000.0 if is_mooncake else 1.0)
-    first_seen: dict[str, tuple[bool, int]] = {}
-    for line, raw in enumerate(text.split("\n"), 1):
-        if raw.strip():
-            at = At(source, line)
-            record = json_object(raw, at)
-            if is_mooncake:
-                _mooncake_record(record, columns, at)
-            else:
-                _check_optional_keys(record, first_seen, at)
-                _canonical_record(record, columns, at)
+    first_seen: dict[str, tuple[bool, int | None]] = {}
+    for at, record in jsonl.jsonl_records(text, source):
+        if is_mooncake:
+            _mooncake_record(record, columns, at)
+        else:
+            _check_optional_keys(record, first_seen, at)
+            _canonical_record(record, columns, at)
     return columns
 
 
-def _require(record: dict[str, Any], keys: tuple[str, ...], at: At) -> None:
+def _require(record: dict[str, Any], keys: tuple[str, ...], at: Place) -> None:
     for key in keys:
         if key not in record:
             at.fail(key, f"missing key; the record has {sorted(record)}")
 
 
-def _mooncake_record(record: dict[str, Any], columns: RawColumns, at: At) -> None:
+def _mooncake_record(record: dict[str, Any], columns: RawColumns, at: Place) -> None:
     _require(record, ("timestamp", "input_length", "output_length"), at)
     assert columns.arrival is not None
     columns.arrival.append(_time(record["timestamp"], at, "timestamp", "milliseconds"))
@@ -260,7 +215,7 @@ def _mooncake_record(record: dict[str, Any], columns: RawColumns, at: At) -> Non
 
 
 def _check_optional_keys(
-    record: dict[str, Any], first_seen: dict[str, tuple[bool, int]], at: At
+    record: dict[str, Any], first_seen: dict[str, tuple[bool, int | None]], at: Place
 ) -> None:
     """Canonical JSONL: each optional key (lo+hi as a pair) is on every record or on none."""
     if ("lo" in record) != ("hi" in record):
@@ -273,7 +228,7 @@ def _check_optional_keys(
             at.fail(key, f"{where} on line {seen_line}; give it on every record or on none")
 
 
-def _canonical_record(record: dict[str, Any], columns: RawColumns, at: At) -> None:
+def _canonical_record(record: dict[str, Any], columns: RawColumns, at: Place) -> None:
     _require(record, ("prompt_tokens", "output_tokens"), at)
     if not columns.prompt_tokens:  # the first record decides which optional columns exist
         columns.arrival = [] if "arrival_s" in record else None

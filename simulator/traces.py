@@ -3,7 +3,7 @@
 Reads the Azure 2023 CSV, Mooncake JSONL, Vidur CSV and our canonical JSONL (docs/architecture.md,
 "A trace through `kvsched simulate`"). Invariant: a `Trace` is sorted by arrival
 with the first arrival at 0.0 (or all NaN for a lengths-only file), and a malformed file raises
-`TraceFormatError`, whose text is one line `file:line: field 'name': problem`.
+`predictors.jsonl.FormatError`, whose text is one line `file:line: field 'name': problem`.
 """
 
 from __future__ import annotations
@@ -17,20 +17,18 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from predictors.jsonl import FormatError, Place, json_object
 from simulator._trace_readers import (
     CSV_LAYOUTS,
     FORMATS,
     JSON_KEYS,
-    At,
     RawColumns,
-    TraceFormatError,
-    json_object,
     read_csv,
     read_jsonl,
     read_text,
 )
 
-__all__ = ["FORMATS", "Trace", "TraceFormatError", "detect_format", "load_trace"]
+__all__ = ["FORMATS", "Trace", "detect_format", "load_trace"]
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -161,7 +159,8 @@ def load_trace(path: str | Path, fmt: str | None = None) -> Trace:
     .jsonl/.json/.ndjson; otherwise the first character) and the header or first record.
 
     Raises:
-        TraceFormatError: malformed or unrecognised content (one line: file, line, field).
+        predictors.jsonl.FormatError: malformed or unrecognised content, or a .gz that does
+            not decompress (one line: file, line, field).
         OSError: the file cannot be opened.
     """
     source = str(path)
@@ -170,7 +169,7 @@ def load_trace(path: str | Path, fmt: str | None = None) -> Trace:
         fmt = _detect(text, source, Path(path).suffix.lower())
     elif fmt not in FORMATS:
         expected = ", ".join(FORMATS)
-        raise TraceFormatError(source, None, f"unknown format {fmt!r}; expected one of {expected}")
+        raise FormatError(source, None, f"unknown format {fmt!r}; expected one of {expected}")
     if fmt in CSV_LAYOUTS:
         columns = read_csv(text, source, CSV_LAYOUTS[fmt])
     else:
@@ -179,14 +178,14 @@ def load_trace(path: str | Path, fmt: str | None = None) -> Trace:
 
 
 def detect_format(path: str | Path) -> str:
-    """The format ``load_trace(path)`` would use; raises TraceFormatError if none matches."""
+    """The format ``load_trace(path)`` would use; raises FormatError if none matches."""
     source = str(path)
     return _detect(read_text(Path(path), source), source, Path(path).suffix.lower())
 
 
 def _detect(text: str, source: str, suffix: str) -> str:
     line, first = next((i, s) for i, s in enumerate(text.split("\n"), 1) if s.strip())
-    at = At(source, line)
+    at = Place(source, line)
     if suffix in (".jsonl", ".json", ".ndjson") or (
         suffix != ".csv" and first.lstrip().startswith("{")
     ):

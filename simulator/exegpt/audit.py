@@ -2,8 +2,9 @@
 
 For every knob, adjacent grid points are compared against the direction the paper assumes
 (docs/planner.md, "Knob directions"); a pair violates it when the metric moves the wrong way by more
-than ``tolerance`` (relative). Violations are counted and one example is kept, never hidden: the
-branch and bound is only guaranteed to match exhaustive search where the counts are zero.
+than ``tolerance`` (relative). Violations are counted and the first few (at most
+``MAX_EXAMPLES``) are kept as examples, never hidden: the branch and bound is only guaranteed to
+match exhaustive search where the counts are zero. `kvsched plan --audit` prints this audit.
 """
 
 from __future__ import annotations
@@ -12,6 +13,9 @@ from dataclasses import dataclass, field
 
 from simulator.exegpt.config import Prediction, SearchSpace
 from simulator.exegpt.search import Evaluator, Point, Slice, slices
+
+DEFAULT_TOLERANCE = 0.05  # relative move the wrong way that counts as a violation
+MAX_EXAMPLES = 3  # violating pairs kept per knob, first found first
 
 # knob -> (throughput rises with the knob, latency rises with the knob), as the paper assumes
 EXPECTED = {
@@ -41,7 +45,7 @@ class KnobAudit:
         bad_lat = _wrong_way(before.latency_s, after.latency_s, lat_up, tolerance)
         self.throughput_violations += bad_thr
         self.latency_violations += bad_lat
-        if (bad_thr or bad_lat) and len(self.examples) < 3:
+        if (bad_thr or bad_lat) and len(self.examples) < MAX_EXAMPLES:
             self.examples.append(
                 f"{where}: throughput {before.throughput_rps:.3g} -> {after.throughput_rps:.3g}, "
                 f"latency {before.latency_s:.3g} -> {after.latency_s:.3g} s"
@@ -66,7 +70,7 @@ def _wrong_way(before: float, after: float, rises: bool, tolerance: float) -> bo
 
 
 def audit_monotonicity(
-    evaluator: Evaluator, space: SearchSpace, tolerance: float = 0.05
+    evaluator: Evaluator, space: SearchSpace, tolerance: float = DEFAULT_TOLERANCE
 ) -> dict[str, KnobAudit]:
     """Compare neighbours along B_E, 1/N_D (RRA), micro-batches (WAA) and k (RRA, same d)."""
     audits = {knob: KnobAudit(knob) for knob in EXPECTED}

@@ -13,7 +13,6 @@ import pytest
 
 from predictors.base import LengthSamples
 from predictors.datasets import (
-    DatasetFormatError,
     concat_samples,
     detect_layout,
     load_samples,
@@ -21,6 +20,7 @@ from predictors.datasets import (
     read_samples,
     write_samples,
 )
+from predictors.jsonl import FormatError
 from predictors.tokenizer import count_tokens
 
 TEXT = Path(__file__).resolve().parents[2] / "data/text"
@@ -166,19 +166,19 @@ def test_folder_of_jsonl_and_concat(tmp_path: Path) -> None:
 
 
 BAD_JSONL = [
-    ('{"prompt": "a", "output_tokens": 1}\n{"prompt": "b", "output_tokens": ', r"line 2: invalid"),
-    ('{"prompt": "a", "output_tokens": 1}\n\n{"output_tokens": 2}', r"line 3: field 'prompt'"),
-    ('{"prompt": "a", "output_tokens": "12"}', r"line 1: field 'output_tokens': expected an"),
-    ('{"prompt": "a", "output_tokens": -1}', r"line 1: field 'output_tokens'"),
-    ('{"prompt": "a", "output_tokens": true}', r"line 1: field 'output_tokens'"),
-    ('{"prompt": "a", "output_tokens": 1.5}', r"line 1: field 'output_tokens'"),
-    ('{"prompt": "a"}', r"line 1: field 'output_tokens': missing"),
-    ('{"prompt": "a", "output": 3}', r"line 1: field 'output': expected a string"),
-    ('{"prompt": 5, "output_tokens": 1}', r"line 1: field 'prompt'"),
+    ('{"prompt": "a", "output_tokens": 1}\n{"prompt": "b", "output_tokens": ', r":2: invalid"),
+    ('{"prompt": "a", "output_tokens": 1}\n\n{"output_tokens": 2}', r":3: field 'prompt'"),
+    ('{"prompt": "a", "output_tokens": "12"}', r":1: field 'output_tokens': expected an"),
+    ('{"prompt": "a", "output_tokens": -1}', r":1: field 'output_tokens'"),
+    ('{"prompt": "a", "output_tokens": true}', r":1: field 'output_tokens'"),
+    ('{"prompt": "a", "output_tokens": 1.5}', r":1: field 'output_tokens'"),
+    ('{"prompt": "a"}', r":1: field 'output_tokens': missing"),
+    ('{"prompt": "a", "output": 3}', r":1: field 'output': expected a string"),
+    ('{"prompt": 5, "output_tokens": 1}', r":1: field 'prompt'"),
     ('{"prompt": "a", "output_tokens": 1, "prompt_tokens": "x"}', r"field 'prompt_tokens'"),
-    ('{"prompt": "a", "output_tokens": 1, "model": 3}', r"line 1: field 'model'"),
-    ("[1, 2]", r"line 1: expected a JSON object"),
-    ('{"uid": "u", "messages": []}', r"line 1: this is an Arena-Hard answer file"),
+    ('{"prompt": "a", "output_tokens": 1, "model": 3}', r":1: field 'model'"),
+    ("[1, 2]", r":1: expected a JSON object"),
+    ('{"uid": "u", "messages": []}', r":1: this is an Arena-Hard answer file"),
 ]
 
 
@@ -186,7 +186,7 @@ BAD_JSONL = [
 def test_malformed_jsonl_names_file_line_field(tmp_path: Path, text: str, expected: str) -> None:
     path = tmp_path / "bad.jsonl"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(DatasetFormatError, match=expected) as info:
+    with pytest.raises(FormatError, match=expected) as info:
         load_samples(path)
     message = str(info.value)
     assert message.startswith(str(path)) and "\n" not in message
@@ -206,14 +206,14 @@ BAD_JSON = [
 def test_malformed_alpaca_json_names_record(tmp_path: Path, records: object, expected: str) -> None:
     path = tmp_path / "model.json"
     path.write_text(json.dumps(records, indent=2), encoding="utf-8")
-    with pytest.raises(DatasetFormatError, match=f"^{path}: {expected}"):
+    with pytest.raises(FormatError, match=f"^{path}: {expected}"):
         load_samples(path)
 
 
 def test_invalid_json_list_names_line(tmp_path: Path) -> None:
     path = tmp_path / "model.json"
     path.write_text('[\n  {"instruction": "a",\n  "output": }\n]', encoding="utf-8")
-    with pytest.raises(DatasetFormatError, match=r"model\.json: line 3: invalid JSON"):
+    with pytest.raises(FormatError, match=r"model\.json:3: invalid JSON"):
         load_samples(path)
 
 
@@ -242,11 +242,11 @@ def test_arena_hard_older_turns_and_plain_content(tmp_path: Path) -> None:
 
 Q1 = {"uid": "u1", "prompt": "p"}
 BAD_ARENA = [
-    ([Q1], [_answer("u2", {"answer": "x"})], r"m\.jsonl: line 1: field 'uid'"),
-    ([Q1], [{"uid": "u1"}], r"m\.jsonl: line 1: field 'messages'"),
-    ([Q1], [_answer("u1", {"text": "x"})], r"line 1: field 'messages'"),
-    ([Q1, {**Q1, "prompt": "q"}], [], r"question\.jsonl: line 2: field 'uid': duplicate"),
-    ([{"uid": "u1"}], [], r"question\.jsonl: line 1: field 'prompt': missing"),
+    ([Q1], [_answer("u2", {"answer": "x"})], r"m\.jsonl:1: field 'uid'"),
+    ([Q1], [{"uid": "u1"}], r"m\.jsonl:1: field 'messages'"),
+    ([Q1], [_answer("u1", {"text": "x"})], r":1: field 'messages'"),
+    ([Q1, {**Q1, "prompt": "q"}], [], r"question\.jsonl:2: field 'uid': duplicate"),
+    ([{"uid": "u1"}], [], r"question\.jsonl:1: field 'prompt': missing"),
 ]
 
 
@@ -254,18 +254,18 @@ BAD_ARENA = [
 def test_malformed_arena_hard(
     tmp_path: Path, questions: list[object], answers: list[object], expected: str
 ) -> None:
-    with pytest.raises(DatasetFormatError, match=expected):
+    with pytest.raises(FormatError, match=expected):
         load_samples(_arena(tmp_path, questions, answers))
 
 
 def test_unreadable_paths(tmp_path: Path) -> None:
-    with pytest.raises(DatasetFormatError, match="no such file or folder"):
+    with pytest.raises(FormatError, match="no such file or folder"):
         load_samples(tmp_path / "missing.jsonl")
-    with pytest.raises(DatasetFormatError, match="no question.jsonl"):
+    with pytest.raises(FormatError, match="no question.jsonl"):
         load_samples(tmp_path)
     (tmp_path / "data.csv").write_text("a,b\n")
-    with pytest.raises(DatasetFormatError, match="unknown layout"):
+    with pytest.raises(FormatError, match="unknown layout"):
         load_samples(tmp_path / "data.csv")
     (tmp_path / "broken.jsonl.gz").write_bytes(b"not gzip")
-    with pytest.raises(DatasetFormatError, match=r"broken\.jsonl\.gz: cannot read"):
+    with pytest.raises(FormatError, match=r"broken\.jsonl\.gz: cannot read"):
         load_samples(tmp_path / "broken.jsonl.gz")

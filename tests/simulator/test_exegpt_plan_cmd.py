@@ -32,6 +32,33 @@ def test_plan_writes_the_documented_json(
     assert "predicted:" in capsys.readouterr().out
 
 
+def test_plan_audit_prints_and_records_each_knob(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--trace", TRACE, "--cost-model", "llama3-8b-h100", "--gpus", "4"]
+    argv += ["--latency-target-s", "10", "--samples", "200", "--no-baselines"]
+    assert main([*argv, "--audit", "--json", str(out)]) == 0
+    audit = json.loads(out.read_text())["audit"]
+    assert audit["tolerance"] == 0.05
+    knobs = {k["knob"]: k for k in audit["knobs"]}
+    assert set(knobs) == {"encode_batch", "encode_frequency", "micro_batches", "tp_gpus"}
+    for name in ("encode_batch", "encode_frequency"):  # the directions the bounds rely on
+        assert knobs[name]["pairs"] > 50
+        assert knobs[name]["throughput_violations"] == knobs[name]["latency_violations"] == 0
+    tp = knobs["tp_gpus"]  # more TP devices raise throughput here, against the paper
+    assert tp["throughput_violations"] > 0 and "throughput" in tp["examples"][0]
+    printed = capsys.readouterr().out
+    assert printed.index("predicted:") < printed.index("audit:")
+    lines = {line.split()[0]: line for line in printed.splitlines() if line.startswith("  ")}
+    pairs = knobs["encode_batch"]["pairs"]
+    assert f"{pairs} pairs, 0 throughput / 0 latency violations" in lines["encode_batch"]
+    tp_line = lines["tp_gpus"]
+    assert f"{tp['throughput_violations']} throughput" in tp_line
+    assert f"e.g. {tp['examples'][0]}" in tp_line
+    assert main(argv) == 0 and "audit:" not in capsys.readouterr().out  # only when asked
+
+
 def _error(argv: list[str], capsys: pytest.CaptureFixture[str]) -> str:
     assert main(argv) == 2
     err = capsys.readouterr().err

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import pickle
 import time
 from pathlib import Path
@@ -9,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from predictors.jsonl import FormatError
 from simulator.arrivals import with_arrivals
-from simulator.traces import FORMATS, Trace, TraceFormatError, detect_format, load_trace
+from simulator.traces import FORMATS, Trace, detect_format, load_trace
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 AZURE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
@@ -213,7 +215,7 @@ def test_malformed_file_raises_one_line_error_naming_file_line_and_field(
     snippet: str,
 ) -> None:
     path = write(tmp_path, name, text)
-    with pytest.raises(TraceFormatError) as caught:
+    with pytest.raises(FormatError) as caught:
         load_trace(path, fmt)
     error = caught.value
     assert isinstance(error, ValueError)
@@ -226,24 +228,40 @@ def test_malformed_file_raises_one_line_error_naming_file_line_and_field(
 def test_non_utf8_bytes_are_reported_with_their_line(tmp_path: Path) -> None:
     path = tmp_path / "a.csv"
     path.write_bytes(AZURE_HEADER.encode() + f"{ROW},1,1\n".encode() + b"\xff\xfe,1,1\n")
-    with pytest.raises(TraceFormatError, match=r"a\.csv:3: not UTF-8 text"):
+    with pytest.raises(FormatError, match=r"a\.csv:3: not UTF-8 text"):
         load_trace(path)
 
 
 def test_unknown_format_name_is_rejected(tmp_path: Path) -> None:
     path = write(tmp_path, "a.csv", AZURE_HEADER + f"{ROW},1,1\n")
-    with pytest.raises(TraceFormatError, match=r"unknown format 'sharegpt'; expected one of az"):
+    with pytest.raises(FormatError, match=r"unknown format 'sharegpt'; expected one of az"):
         load_trace(path, "sharegpt")
 
 
-def test_trace_format_error_survives_pickling() -> None:
-    error = TraceFormatError("x.csv", 17, "expected a positive integer, got 'abc'", "ContextTokens")
+def test_format_error_survives_pickling() -> None:
+    error = FormatError("x.csv", 17, "expected a positive integer, got 'abc'", "ContextTokens")
     copy = pickle.loads(pickle.dumps(error))
     assert (
         str(copy)
         == str(error)
         == ("x.csv:17: field 'ContextTokens': expected a positive integer, got 'abc'")
     )
+    record = FormatError("m.json", None, "missing", "output", record=2)
+    assert str(pickle.loads(pickle.dumps(record))) == "m.json: record 2: field 'output': missing"
+
+
+def test_gzipped_jsonl_trace_reads_like_the_plain_file(tmp_path: Path) -> None:
+    # a raw U+2028 inside a string is not a line break: lines are split on "\n" only
+    lines = rec('"prompt": "a\u2028b"') + rec('"prompt": "c"')
+    plain = write(tmp_path, "c.jsonl", lines)
+    packed = tmp_path / "c.jsonl.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    got = load_trace(packed)
+    assert got.format == "jsonl" and got.prompts == ("a\u2028b", "c")
+    assert got.prompt_tokens.tolist() == load_trace(plain).prompt_tokens.tolist() == [2, 2]
+    (tmp_path / "bad.jsonl.gz").write_bytes(b"not gzip")
+    with pytest.raises(FormatError, match=r"bad\.jsonl\.gz: cannot read"):
+        load_trace(tmp_path / "bad.jsonl.gz")
 
 
 # --- Trace invariants ---------------------------------------------------------------------
