@@ -11,12 +11,14 @@ Latency is counted from arrival either way. An invalid decision raises (algorith
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from algorithms.batch import BatchView
 from algorithms.decision import settle
 from algorithms.errors import RequestRejectedError
 from algorithms.protocols import AdmissionRefiner, BatchFormer, IntervalRefiner
@@ -28,31 +30,35 @@ PREEMPTION_MODES = ("resume", "restart")
 
 @dataclass(frozen=True, slots=True)
 class StepResult:
-    """An executor's report on one iteration: its duration and the requests that finished."""
+    """An executor's report on one iteration: its duration, the requests that emitted their last
+    token, the token id each producing row emitted (`tokens`, in row order; empty from an
+    executor without a model, the simulator's) and why each finished request stopped
+    (`finish_reasons`: "stop" for EOS/stop, "length" for max_tokens; empty likewise)."""
 
     elapsed_s: float
     finished: tuple[RequestId, ...]
+    tokens: Mapping[RequestId, int] = field(default_factory=dict)
+    finish_reasons: Mapping[RequestId, str] = field(default_factory=dict)
 
 
 class Executor(Protocol):
     """Runs one iteration of the batch the loop formed.
 
-    `running` is the batch after admissions and evictions; `running.generated` counts tokens
-    produced by the current run before this iteration, `running.resumed` the output tokens of
-    earlier runs that the row's prompt includes (its next token is number resumed + generated +
-    1). Row j prefills `prefill_tokens[j]` prompt tokens (the whole prompt in its first
-    iteration unless prefill is chunked) and, where `produces[j]`, emits one token. Returns the
-    requests that emitted their last token in this iteration.
+    `batch` is a read-only view of the batch after admissions and evictions (`BatchView`). Row j
+    prefills `prefill_tokens[j]` prompt tokens (the whole prompt in its first iteration unless
+    prefill is chunked) and, where `produces[j]`, emits one token. Returns the iteration's
+    `StepResult`: the requests that emitted their last token in it, and with a model the tokens.
     """
 
     def execute(
-        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+        self, batch: BatchView, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> StepResult: ...
 
 
 @dataclass(frozen=True, slots=True)
 class StepOutcome:
-    """What one `SchedulingLoop.step` did, for metrics and streaming."""
+    """What one `SchedulingLoop.step` did, for metrics and streaming; `tokens` and
+    `finish_reasons` are the executor's (`StepResult`)."""
 
     step: int
     elapsed_s: float
@@ -64,6 +70,8 @@ class StepOutcome:
     batch_size: int
     kv_tokens: int
     recomputed_tokens: int = 0  # prompt tokens prefilled again for re-admitted evicted requests
+    tokens: Mapping[RequestId, int] = field(default_factory=dict)
+    finish_reasons: Mapping[RequestId, str] = field(default_factory=dict)
 
 
 class SchedulingLoop:
@@ -176,7 +184,7 @@ class SchedulingLoop:
         prefill, produces = self._plan_tokens()
         running = self.running
         first_tokens = running.ids[produces & (running.generated == 0) & (running.resumed == 0)]
-        result = self.executor.execute(running, prefill, produces)
+        result = self.executor.execute(BatchView.of(running), prefill, produces)
         running.advance(prefill, produces)
         if result.finished:
             keep = ~np.isin(running.ids, np.asarray(result.finished, dtype=np.int64))
@@ -193,6 +201,8 @@ class SchedulingLoop:
             batch_size,
             kv_tokens,
             recomputed,
+            result.tokens,
+            result.finish_reasons,
         )
 
     def _refine(self) -> None:

@@ -69,7 +69,7 @@ def run(engine: HFEngine, cfg: Settings, batch: list[GenerationRequest]) -> tupl
         loop.add_request(waiting_request(r, i))
     while loop.has_work:
         outcome = loop.step(time.time())
-        produced.extend(engine.step_tokens().values())
+        produced.extend(outcome.tokens.values())
         for loop_id in outcome.finished:
             engine.release(loop_id, forget=True)
     return time.perf_counter() - started, produced

@@ -29,6 +29,7 @@ from typing import Any, Final
 import numpy as np
 from tqdm import tqdm
 
+from algorithms.batch import BatchView
 from algorithms.state import RunningSet
 from algorithms.types import LengthInterval, WaitingRequest
 from service.engines.base import Engine
@@ -170,7 +171,7 @@ def time_cell(
         num_decode = int((produces & (running.prefill_left == 0)).sum())
         kv_tokens = running.next_step_tokens()
         started = clock()
-        result = engine.execute(running, prefill, produces)
+        result = engine.execute(BatchView.of(running), prefill, produces)
         wall_s = max(clock() - started, result.elapsed_s)  # see the module docstring
         context = seq_tokens + step
         sample = ProfileSample(

@@ -28,8 +28,8 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from algorithms.batch import BatchView
 from algorithms.loop import StepResult
-from algorithms.state import RunningSet
 from service.engines._hf_batch import Row, forward_rows, group_rows, supports_batching
 from service.protocol import GenerationRequest
 from service.settings import Settings
@@ -134,7 +134,6 @@ class HFEngine:
         self.max_model_len = min(settings.max_model_len, max_positions or settings.max_model_len)
         self.batched = batch and supports_batching(self.model.config)
         self._sequences: dict[int, _Sequence] = {}
-        self._last: dict[int, int] = {}
         self.exportable = supports_batching(self.model.config)  # plain layers: KV can move
         self.prefill_tokens_computed = 0
 
@@ -142,37 +141,40 @@ class HFEngine:
         self._sequences[loop_id] = _Sequence(request, output=list(request.output_token_ids))
 
     def execute(
-        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+        self, batch: BatchView, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> StepResult:
+        """Runs the batch's forwards; the result carries each producing row's token and each
+        finished request's reason ("stop": EOS, "length": max_tokens)."""
         import torch
 
         started = time.perf_counter()
         rows: list[tuple[int, tuple[int, ...]]] = []  # (row j, new tokens) of rows that run
-        for j in range(len(running)):
+        for j in range(len(batch)):
             chunk = int(prefill_tokens[j])
             if chunk == 0 and not produces[j]:
                 continue  # waits for its turn to prefill (chunked prefill)
-            sequence = self._sequences[int(running.ids[j])]
-            first = chunk > 0 and running.prefill_left[j] == running.prompt_tokens[j]
+            sequence = self._sequences[int(batch.ids[j])]
+            first = chunk > 0 and batch.prefill_left[j] == batch.prompt_tokens[j]
             if chunk and sequence.imported is not None:
-                if not first or int(running.resumed[j]) == len(sequence.output):
+                if not first or int(batch.resumed[j]) == len(sequence.output):
                     if produces[j]:  # its KV came from a prefill worker: one decode step
                         sequence.cache, sequence.imported = sequence.imported, None
                         rows.append((j, (sequence.output[-1],)))
                     continue
                 sequence.imported = None  # resumes elsewhere than handed over: prefill it
             if first:
-                sequence.admit(int(running.resumed[j]))  # its first prefill chunk
-            rows.append((j, self._inputs(sequence, chunk, int(running.prefill_left[j]))))
+                sequence.admit(int(batch.resumed[j]))  # its first prefill chunk
+            rows.append((j, self._inputs(sequence, chunk, int(batch.prefill_left[j]))))
             self.prefill_tokens_computed += chunk
         with torch.inference_mode():
             forward = self._forward_batched if self.batched else self._forward_each
-            logits = forward(running, rows)
+            logits = forward(batch, rows)
             chosen = [j for j, _ in rows if produces[j]]
-            finished = self._choose(running, chosen, [logits[j] for j in chosen])
+            tokens, finished = self._choose(batch, chosen, [logits[j] for j in chosen])
         if self.device.startswith("cuda"):
             torch.cuda.synchronize(self.device)
-        return StepResult(time.perf_counter() - started, finished)
+        reasons = {i: self._sequences[i].reason for i in finished}
+        return StepResult(time.perf_counter() - started, finished, tokens, reasons)
 
     def _inputs(self, sequence: _Sequence, chunk: int, prefill_left: int) -> tuple[int, ...]:
         """The tokens to feed: the next chunk of prompt + kept output, or the last output token."""
@@ -204,13 +206,13 @@ class HFEngine:
         return out.logits[0, -1]
 
     def _forward_each(
-        self, running: RunningSet, rows: list[tuple[int, tuple[int, ...]]]
+        self, batch: BatchView, rows: list[tuple[int, tuple[int, ...]]]
     ) -> dict[int, Any]:
         """The per-request path (the reference): one forward per row; row -> logits."""
-        return {j: self._forward(self._sequences[int(running.ids[j])], x) for j, x in rows}
+        return {j: self._forward(self._sequences[int(batch.ids[j])], x) for j, x in rows}
 
     def _forward_batched(
-        self, running: RunningSet, rows: list[tuple[int, tuple[int, ...]]]
+        self, batch: BatchView, rows: list[tuple[int, tuple[int, ...]]]
     ) -> dict[int, Any]:
         """One forward for all one-token rows (decodes), one per group of similar-length
         prefill chunks (`group_rows`); row -> logits."""
@@ -220,27 +222,29 @@ class HFEngine:
         groups += [[prefill[k] for k in g] for g in group_rows([len(rows[i][1]) for i in prefill])]
         logits: dict[int, Any] = {}
         for group in groups:
-            sequences = [self._sequences[int(running.ids[rows[i][0]])] for i in group]
+            sequences = [self._sequences[int(batch.ids[rows[i][0]])] for i in group]
             if len(group) == 1:  # padding buys nothing for one row
                 logits[rows[group[0]][0]] = self._forward(sequences[0], rows[group[0]][1])
                 continue
-            batch = [Row(s.cache, rows[i][1]) for s, i in zip(sequences, group, strict=True)]
-            group_logits, caches = forward_rows(self.model, batch, self.device)
+            padded = [Row(s.cache, rows[i][1]) for s, i in zip(sequences, group, strict=True)]
+            group_logits, caches = forward_rows(self.model, padded, self.device)
             for k, (sequence, i) in enumerate(zip(sequences, group, strict=True)):
                 sequence.cache = caches[k]
                 logits[rows[i][0]] = group_logits[k]
         return logits
 
-    def _choose(self, running: RunningSet, chosen: list[int], logits: list[Any]) -> tuple[int, ...]:
+    def _choose(
+        self, batch: BatchView, chosen: list[int], logits: list[Any]
+    ) -> tuple[dict[int, int], tuple[int, ...]]:
         """Next tokens of rows `chosen` (greedy, or sampled: `_sample`); records them and
-        returns the finished ids. EOS logits are masked for requests below `min_tokens`."""
+        returns them (loop id -> token, in row order) and the finished ids. EOS logits are
+        masked for requests below `min_tokens`."""
         import torch
 
-        self._last = {}
         if not chosen:
-            return ()
+            return {}, ()
         scores = torch.stack(logits)
-        sequences = [self._sequences[int(running.ids[j])] for j in chosen]
+        sequences = [self._sequences[int(batch.ids[j])] for j in chosen]
         young = [k for k, s in enumerate(sequences) if len(s.output) < s.request.min_tokens]
         if young and self.eos_token_ids:
             eos = torch.tensor(sorted(self.eos_token_ids), device=scores.device)
@@ -249,13 +253,14 @@ class HFEngine:
         for k, sequence in enumerate(sequences):
             if sequence.request.temperature > 0:
                 tokens[k] = _sample(scores[k], sequence.request, len(sequence.output))
+        produced: dict[int, int] = {}
         finished: list[int] = []
         for j, sequence, token in zip(chosen, sequences, tokens, strict=True):
-            loop_id = int(running.ids[j])
-            self._last[loop_id] = token
+            loop_id = int(batch.ids[j])
+            produced[loop_id] = token
             if self._append(sequence, token):
                 finished.append(loop_id)
-        return tuple(finished)
+        return produced, tuple(finished)
 
     def _append(self, sequence: _Sequence, token: int) -> bool:
         """Record a produced token; whether it ends the request (EOS or max_tokens)."""
@@ -317,12 +322,6 @@ class HFEngine:
             layer.keys, layer.values = pair[0], pair[1]
         sequence.imported = cache
         return time.perf_counter() - started
-
-    def step_tokens(self) -> dict[int, int]:
-        return self._last
-
-    def finish_reason(self, loop_id: int) -> str:
-        return self._sequences[loop_id].reason
 
     def release(self, loop_id: int, *, forget: bool) -> None:
         """Drop the KV cache; `forget=False` keeps the request (and its output, which its next

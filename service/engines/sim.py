@@ -28,11 +28,12 @@ from typing import Final
 import numpy as np
 from numpy.typing import NDArray
 
+from algorithms.batch import BatchView
 from algorithms.loop import StepResult
-from algorithms.state import RunningSet
 from service.protocol import GenerationRequest
 from service.settings import Settings
 from simulator.cost_model import CostModel, load_cost_model
+from simulator.executor import iteration_time_s
 from simulator.exegpt.config import ClusterSpec
 from simulator.traces import load_trace
 
@@ -143,7 +144,6 @@ class SimEngine:
         self._seeds: dict[int, int] = {}
         self._stops: dict[int, bool] = {}  # True: ends with EOS ("stop"), False: "length"
         self._handover: set[int] = set()  # its KV arrives by transfer (until it is evicted)
-        self._last: dict[int, int] = {}
 
     def add(self, loop_id: int, request: GenerationRequest) -> None:
         target = output_length(request, self.seed, self.lengths)
@@ -160,31 +160,33 @@ class SimEngine:
         return model_s / self.speedup
 
     def iteration_s(
-        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+        self, batch: BatchView, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> float:
         """Model seconds of one iteration; a hand-over's KV is here already (no prefill)."""
-        handover = np.zeros(len(running), dtype=np.bool_)
+        handover = np.zeros(len(batch), dtype=np.bool_)
         if self._handover:
-            handover = np.fromiter((i in self._handover for i in running.ids.tolist()), np.bool_)
-        decoding = produces & ((running.prefill_left == 0) | handover)
-        return self.cost_model.iteration_time_s(
-            int(prefill_tokens[~handover].sum()), int(decoding.sum()), running.next_step_tokens()
-        )
+            handover = np.fromiter((i in self._handover for i in batch.ids.tolist()), np.bool_)
+        return iteration_time_s(self.cost_model, batch, prefill_tokens, produces, handover)
 
     def execute(
-        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+        self, batch: BatchView, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> StepResult:
-        elapsed_s = self.iteration_s(running, prefill_tokens, produces) / self.speedup
-        ids = running.ids[produces]
-        positions = running.resumed[produces] + running.generated[produces]
+        """Every producing row emits its placeholder token; a row at its length finishes, with
+        EOS ("stop") or at max_tokens ("length")."""
+        elapsed_s = self.iteration_s(batch, prefill_tokens, produces) / self.speedup
+        ids = batch.ids[produces]
+        positions = batch.resumed[produces] + batch.generated[produces]
         targets = np.fromiter((self._targets[int(i)] for i in ids), np.int64, len(ids))
         seeds = np.fromiter((self._seeds[int(i)] for i in ids), np.int64, len(ids))
         stops = np.fromiter((self._stops[int(i)] for i in ids), np.bool_, len(ids))
         done = positions + 1 >= targets
         tokens = np.where(done & stops, EOS_TOKEN_ID, placeholder_tokens(seeds, positions))
-        self._last = dict(zip(ids.tolist(), tokens.tolist(), strict=True))
+        finished = tuple(ids[done].tolist())
+        reasons = {i: "stop" if self._stops[i] else "length" for i in finished}
         self._pace(elapsed_s)
-        return StepResult(elapsed_s, tuple(ids[done].tolist()))
+        return StepResult(
+            elapsed_s, finished, dict(zip(ids.tolist(), tokens.tolist(), strict=True)), reasons
+        )
 
     def _pace(self, elapsed_s: float) -> None:
         """Sleep until this iteration's end: the previous end + `elapsed_s`, so the worker's
@@ -195,12 +197,6 @@ class SimEngine:
         self._deadline = start + elapsed_s
         if self._deadline > now:
             self._sleep(self._deadline - now)
-
-    def step_tokens(self) -> dict[int, int]:
-        return self._last
-
-    def finish_reason(self, loop_id: int) -> str:
-        return "stop" if self._stops[loop_id] else "length"
 
     def release(self, loop_id: int, *, forget: bool) -> None:
         """Nothing to free on a simulated GPU; `forget` drops the request's fixed length. An

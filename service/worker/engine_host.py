@@ -8,6 +8,7 @@ rest of the iteration.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import time
 from typing import Any
@@ -16,8 +17,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from algorithms import LengthInterval, SchedulingLoop, WaitingRequest, make_batch_former
+from algorithms.batch import BatchView
 from algorithms.loop import StepResult
-from algorithms.state import RunningSet
 from service.engines.base import Engine, Tokenizer
 from service.protocol import GenerationRequest
 from service.settings import Settings
@@ -37,18 +38,22 @@ class TimedExecutor:
         self.handed_over: frozenset[int] = frozenset()
 
     def execute(
-        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+        self, batch: BatchView, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> StepResult:
+        """The engine's result; on a prefill worker its handed-over requests count as finished
+        (with no finish reason: they go on elsewhere)."""
         started = time.perf_counter()
         try:
-            result = self.engine.execute(running, prefill_tokens, produces)
+            result = self.engine.execute(batch, prefill_tokens, produces)
         finally:
             self.last_execute_s = time.perf_counter() - started
         if not self.prefill_only:
             return result
-        first = running.ids[produces & (running.generated == 0)].tolist()
+        first = batch.ids[produces & (batch.generated == 0)].tolist()
         self.handed_over = frozenset(first) - frozenset(result.finished)
-        return StepResult(result.elapsed_s, result.finished + tuple(sorted(self.handed_over)))
+        return dataclasses.replace(
+            result, finished=result.finished + tuple(sorted(self.handed_over))
+        )
 
 
 def load_engine(settings: Settings, worker_id: int) -> tuple[Engine, Tokenizer]:

@@ -3,8 +3,9 @@
 Inbound (pool -> worker): `Submit`, `Cancel`, `Shutdown`. Outbound (worker -> pool): `Events`
 (one iteration's `TokenEvent`s and `Prefilled` hand-overs), `Stats` (`WorkerStats`),
 `WorkerReady`, `WorkerFailed`.
-All are small frozen records that pickle cheaply; each side routes them with a type -> handler
-table (`route`), never with isinstance ladders or strings.
+All are small frozen records that pickle cheaply; the worker matches `Inbound` messages on their
+type (`match`, checked by mypy), the pool routes outbound ones with a type -> handler table
+(`route`), never with isinstance ladders or strings.
 """
 
 from __future__ import annotations

@@ -37,9 +37,12 @@ from service.pool.roles import role_settings, worker_role
 from service.protocol import FinishReason, TokenEvent
 from service.settings import Settings
 from service.worker import ipc
+from service.worker.counters import WorkerCounters
 from service.worker.detok import IncrementalDetokenizer
 from service.worker.engine_host import build_loop, load_engine, request_problem, waiting_request
-from service.worker.state import HostOverhead, TrackedRequest, Transit, WorkerCounters
+from service.worker.overhead import HostOverhead
+from service.worker.tracked import TrackedRequest
+from service.worker.transit import Transit
 
 STATS_INTERVAL_S: Final = 0.05
 IDLE_POLL_S: Final = 0.1  # how long an idle worker blocks on its inbound queue at a time
@@ -76,11 +79,6 @@ class Worker:
             settings, self.engine, prefill_only=self._prefill_only
         )
         self._inbound, self._outbound = inbound, outbound
-        self._handlers: ipc.Handlers = {
-            ipc.Submit: self._on_submit,
-            ipc.Cancel: self._on_cancel,
-            ipc.Shutdown: self._stop,
-        }
         self._by_request: dict[str, TrackedRequest] = {}
         self._by_loop: dict[int, TrackedRequest] = {}
         self._next_loop_id = 0
@@ -133,8 +131,20 @@ class Worker:
                 if block and os.getppid() != self._parent_pid:
                     self._stopping = True  # orphaned: the pool process is gone
                 return
-            ipc.route(self._handlers, message)
+            self._handle(message)
             block = False
+
+    def _handle(self, message: ipc.Inbound) -> None:
+        """Act on one pool message; anything but an `ipc.Inbound` is a bug (TypeError)."""
+        match message:
+            case ipc.Submit():
+                self._on_submit(message)
+            case ipc.Cancel():
+                self._on_cancel(message)
+            case ipc.Shutdown():
+                self._stopping = True
+            case _:
+                raise TypeError(f"no handler for message {type(message).__name__}")
 
     def step(self) -> StepOutcome:
         """One loop iteration; queue its token events."""
@@ -175,13 +185,17 @@ class Worker:
             if loop_id not in self.loop.running:  # re-admitted in the same step: it runs again
                 self.engine.release(loop_id, forget=False)
         finished = set(outcome.finished)
-        for loop_id, token_id in list(self.engine.step_tokens().items()):
-            self._on_token(self._by_loop[loop_id], token_id, loop_id in finished)
+        for loop_id, token_id in outcome.tokens.items():
+            self._on_token(self._by_loop[loop_id], token_id, loop_id in finished, outcome)
         for loop_id in outcome.rejected:
             reason = "after an eviction its refined output length no longer fits the KV cache"
             self._finish(self._by_loop[loop_id], "error", f"request rejected: {reason}")
 
-    def _on_token(self, tracked: TrackedRequest, token_id: int, is_last: bool) -> None:
+    def _on_token(
+        self, tracked: TrackedRequest, token_id: int, is_last: bool, outcome: StepOutcome
+    ) -> None:
+        """Stream one produced token; a last one ends the request with the engine's reason
+        (`outcome.finish_reasons`) or, on a prefill worker, hands it over."""
         tracked.run_tokens += 1
         tokens: tuple[int, ...] = ()
         text = ""
@@ -197,7 +211,7 @@ class Worker:
             self._prefilled.append(ipc.Prefilled(tracked.request.request_id, output, kv))
             self._forget(tracked)
         elif is_last:
-            reason = cast(FinishReason, self.engine.finish_reason(tracked.loop_id))
+            reason = cast(FinishReason, outcome.finish_reasons[tracked.loop_id])
             self._finish(tracked, reason, None, tokens, text)
         elif tokens:
             self._outbox.append(tracked.event(tokens, text))
@@ -290,10 +304,6 @@ class Worker:
             self._transit.drop(tracked)
             self.loop.abort(tracked.loop_id)
             self._finish(tracked, "abort", None)
-
-    def _stop(self, message: ipc.Shutdown) -> None:
-        del message
-        self._stopping = True
 
     def _flush(self) -> None:
         if self._outbox or self._prefilled:

@@ -14,9 +14,8 @@ from algorithms.aging import aged_key, check_wait_weight, overtake_window_s
 from algorithms.remaining import waiting_expected_remaining
 from algorithms.state import WaitingQueue
 from algorithms.types import LengthInterval, WaitingRequest
-from simulator.cost_model import load_cost_model
-from simulator.executor import SimulatedExecutor
-from simulator.run import Workload
+from tests.algorithms.fake_executor import FakeExecutor
+from tests.factories import make_workload
 
 requests_strategy = st.lists(
     st.tuples(st.integers(0, 200), st.integers(1, 400), st.integers(0, 400)),
@@ -92,12 +91,11 @@ def one_at_a_time(wait_weight: float) -> list[int]:
     outputs = np.full(count, 3, dtype=np.int64)
     outputs[0] = 10
     arrivals = np.maximum(np.arange(count, dtype=np.float64) - 1.0, 0.0)  # 0, 0, 1, 2, ...
-    workload = Workload(arrivals, prompts, outputs, outputs.copy(), outputs.copy())
+    workload = make_workload(prompts=prompts, outputs=outputs, arrivals=arrivals)
     former = make_batch_former(
         "asf", wait_weight=wait_weight, ratio_initial=1.0, ratio_min=1.0, ratio_max=1.0
     )
-    cost = load_cost_model("unit", kv_tokens=30)
-    loop = SchedulingLoop(former, SimulatedExecutor(outputs, cost), 30)
+    loop = SchedulingLoop(former, FakeExecutor(outputs), 30)
     order: list[int] = []
     now, upcoming = 0.0, 0
     while upcoming < count or loop.has_work:

@@ -10,14 +10,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from numpy.typing import NDArray
 
-from algorithms import SchedulingLoop, StepResult, WaitingRequest, make_batch_former
+from algorithms import SchedulingLoop, WaitingRequest, make_batch_former
 from algorithms.asf import ASFBatchFormer
 from algorithms.loop import StepOutcome
 from algorithms.state import RunningSet, SchedulerState, WaitingQueue
 from algorithms.types import LengthInterval
-from simulator.cost_model import load_cost_model
-from simulator.executor import SimulatedExecutor
-from simulator.run import Workload
+from tests.algorithms.fake_executor import FakeExecutor, Jobs
 from tests.strategies import workloads
 
 IntArray = NDArray[np.int64]
@@ -25,22 +23,6 @@ IntArray = NDArray[np.int64]
 # optimistic enough that small instances overflow and evict often
 EAGER = {"ratio_initial": 0.1, "ratio_min": 0.1, "ratio_max": 1.0, "tighten_step": 0.05}
 SETTINGS = [{}, EAGER, {**EAGER, "distribution": "loguniform", "protect_share": 1.0}]
-
-
-class PositionExecutor(SimulatedExecutor):
-    """The simulator's executor, recording the output index of every token emitted."""
-
-    def __init__(self, true_lengths: IntArray, capacity: int) -> None:
-        super().__init__(true_lengths, load_cost_model("unit", kv_tokens=capacity))
-        self.positions: dict[int, list[int]] = {}
-
-    def execute(
-        self, running: RunningSet, prefill_tokens: IntArray, produces: NDArray[np.bool_]
-    ) -> StepResult:
-        for j in np.flatnonzero(produces).tolist():
-            index = int(running.resumed[j] + running.generated[j])
-            self.positions.setdefault(int(running.ids[j]), []).append(index)
-        return super().execute(running, prefill_tokens, produces)
 
 
 class SurvivorRefiner:
@@ -55,17 +37,17 @@ class SurvivorRefiner:
 
 
 def run(
-    workload: Workload,
+    workload: Jobs,
     capacity: int,
     params: dict[str, Any],
     *,
     refine: bool = False,
     max_batch_size: int | None = None,
-) -> tuple[PositionExecutor, list[StepOutcome], list[float]]:
+) -> tuple[FakeExecutor, list[StepOutcome], list[float]]:
     """Arrivals on the iteration clock; returns the executor, every outcome and every ratio."""
     former = make_batch_former("asf", **params)
     assert isinstance(former, ASFBatchFormer)
-    executor = PositionExecutor(workload.output_tokens, capacity)
+    executor = FakeExecutor(workload.output_tokens)
     loop = SchedulingLoop(
         former,
         executor,
@@ -93,7 +75,7 @@ def run(
 @settings(max_examples=40, deadline=None)
 @given(instance=workloads(within_interval=False), refine=st.booleans())
 def test_memory_never_exceeds_capacity_and_each_token_is_emitted_once(
-    params: dict[str, Any], instance: tuple[Workload, int], refine: bool
+    params: dict[str, Any], instance: tuple[Jobs, int], refine: bool
 ) -> None:
     workload, capacity = instance
     executor, outcomes, _ = run(workload, capacity, params, refine=refine)
@@ -110,7 +92,7 @@ def test_memory_never_exceeds_capacity_and_each_token_is_emitted_once(
 
 @settings(max_examples=30, deadline=None)
 @given(instance=workloads(within_interval=False), size=st.integers(1, 3))
-def test_batch_size_cap_holds_through_evictions(instance: tuple[Workload, int], size: int) -> None:
+def test_batch_size_cap_holds_through_evictions(instance: tuple[Jobs, int], size: int) -> None:
     workload, capacity = instance
     _, outcomes, _ = run(workload, capacity, EAGER, max_batch_size=size)
     assert all(o.batch_size <= size and o.kv_tokens <= capacity for o in outcomes)
@@ -118,7 +100,7 @@ def test_batch_size_cap_holds_through_evictions(instance: tuple[Workload, int], 
 
 @settings(max_examples=30, deadline=None)
 @given(instance=workloads(within_interval=False), refine=st.booleans())
-def test_same_inputs_same_outcomes(instance: tuple[Workload, int], refine: bool) -> None:
+def test_same_inputs_same_outcomes(instance: tuple[Jobs, int], refine: bool) -> None:
     workload, capacity = instance
     _, first, first_ratios = run(workload, capacity, EAGER, refine=refine)
     _, second, second_ratios = run(workload, capacity, EAGER, refine=refine)

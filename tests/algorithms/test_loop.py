@@ -6,6 +6,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 import pytest
+from numpy.typing import NDArray
 
 from algorithms import (
     BatchDecision,
@@ -15,12 +16,13 @@ from algorithms import (
     RequestRejectedError,
     SchedulerState,
     SchedulingLoop,
+    StepResult,
     WaitingRequest,
     make_batch_former,
 )
+from algorithms.batch import BatchView
 from algorithms.state import arrival_key
-from simulator.cost_model import load_cost_model
-from simulator.executor import SimulatedExecutor
+from tests.algorithms.fake_executor import FakeExecutor
 
 
 class ScriptedFormer:
@@ -45,7 +47,7 @@ class ScriptedFormer:
 
 def make_loop(decision: BatchDecision, capacity: int = 20) -> SchedulingLoop:
     outputs = np.array([3, 3, 3])
-    executor = SimulatedExecutor(outputs, load_cost_model("unit", kv_tokens=capacity))
+    executor = FakeExecutor(outputs)
     loop = SchedulingLoop(ScriptedFormer(decision), executor, capacity)
     for i in range(3):
         loop.add_request(WaitingRequest(i, 0.0, 5, LengthInterval(3, 3)))
@@ -104,3 +106,31 @@ def test_abort_frees_kv_of_running_and_drops_waiting() -> None:
     assert loop.running.next_step_tokens() == before - (5 + 1 + 1)
     assert loop.abort(2) and 2 not in loop.waiting
     assert not loop.abort(2) and not loop.abort(99)
+
+
+class EmittingExecutor:
+    """Every producing row emits token 100 + its id and finishes with "stop"; keeps its views."""
+
+    def __init__(self) -> None:
+        self.views: list[BatchView] = []
+
+    def execute(
+        self, batch: BatchView, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+    ) -> StepResult:
+        self.views.append(batch)
+        ids = batch.ids[produces].tolist()
+        return StepResult(1.0, tuple(ids), {i: 100 + i for i in ids}, dict.fromkeys(ids, "stop"))
+
+
+def test_the_executor_reads_a_frozen_batch_and_its_tokens_reach_the_outcome() -> None:
+    executor = EmittingExecutor()
+    loop = SchedulingLoop(make_batch_former("fcfs"), executor, 20)
+    loop.add_request(WaitingRequest(0, 0.0, 5, LengthInterval(1, 1)))
+    outcome = loop.step(0.0)
+    assert outcome.finished == (0,)
+    assert outcome.tokens == {0: 100} and outcome.finish_reasons == {0: "stop"}
+    (view,) = executor.views
+    assert view.kv_tokens == 6 and len(view) == 1
+    assert view.prefill_left.tolist() == [5]  # a snapshot: the loop's update did not reach it
+    with pytest.raises(ValueError, match="read-only"):
+        view.generated[0] = 3

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import numpy as np
 import pytest
 from hypothesis import given, settings
-from numpy.typing import NDArray
 
 from algorithms import (
     REGISTRY,
@@ -16,42 +13,19 @@ from algorithms import (
     WaitingRequest,
     make_batch_former,
 )
-from algorithms.loop import StepOutcome, StepResult
-from algorithms.state import RunningSet
-from simulator.cost_model import load_cost_model
-from simulator.executor import SimulatedExecutor
-from simulator.run import Workload
+from algorithms.loop import StepOutcome
+from tests.algorithms.fake_executor import FakeExecutor, Jobs
+from tests.factories import make_workload
 from tests.strategies import workloads
 
 EVICTING = sorted(name for name, cls in REGISTRY.items() if cls.can_evict)
 
 
-class CountingExecutor(SimulatedExecutor):
-    """The simulator's executor, counting each request's emitted tokens and prefilled tokens."""
-
-    def __init__(self, true_lengths: NDArray[np.int64], capacity: int) -> None:
-        super().__init__(true_lengths, load_cost_model("unit", kv_tokens=capacity))
-        self.emitted: Counter[int] = Counter()
-        self.prefilled: Counter[int] = Counter()
-        self.positions: dict[int, list[int]] = {}  # output index of every emitted token
-
-    def execute(
-        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
-    ) -> StepResult:
-        for j, request_id in enumerate(running.ids.tolist()):
-            self.prefilled[request_id] += int(prefill_tokens[j])
-            if produces[j]:
-                self.emitted[request_id] += 1
-                index = int(running.resumed[j] + running.generated[j])
-                self.positions.setdefault(request_id, []).append(index)
-        return super().execute(running, prefill_tokens, produces)
-
-
 def run(
-    workload: Workload, capacity: int, policy: str, preemption: str
-) -> tuple[CountingExecutor, list[StepOutcome]]:
+    workload: Jobs, capacity: int, policy: str, preemption: str
+) -> tuple[FakeExecutor, list[StepOutcome]]:
     params = {"true_lengths": workload.output_tokens} if policy == "hsf" else {}
-    executor = CountingExecutor(workload.output_tokens, capacity)
+    executor = FakeExecutor(workload.output_tokens)
     loop = SchedulingLoop(
         make_batch_former(policy, **params), executor, capacity, preemption=preemption
     )
@@ -64,15 +38,9 @@ def run(
     return executor, outcomes
 
 
-def three_requests() -> Workload:
+def three_requests() -> Jobs:
     """Three requests that outgrow a 24-token cache under vLLM's policy (exact intervals)."""
-    return Workload(
-        np.zeros(3),
-        np.array([4, 4, 4], dtype=np.int64),
-        np.array([6, 6, 6], dtype=np.int64),
-        np.array([1, 1, 1], dtype=np.int64),
-        np.array([6, 6, 6], dtype=np.int64),
-    )
+    return make_workload(prompts=[4, 4, 4], outputs=[6, 6, 6], lo=[1, 1, 1], hi=[6, 6, 6])
 
 
 def test_resumed_request_continues_where_it_stopped() -> None:
@@ -112,7 +80,7 @@ def test_evicted_request_views_shift_by_the_kept_tokens() -> None:
 
 
 def test_unknown_preemption_mode_is_refused() -> None:
-    executor = CountingExecutor(np.array([1]), 8)
+    executor = FakeExecutor(np.array([1]))
     with pytest.raises(ValueError, match="resume"):
         SchedulingLoop(make_batch_former("vllm"), executor, 8, preemption="swap")
 
@@ -120,7 +88,7 @@ def test_unknown_preemption_mode_is_refused() -> None:
 @pytest.mark.parametrize("policy", EVICTING)
 @settings(max_examples=30, deadline=None)
 @given(instance=workloads(within_interval=False))
-def test_resume_emits_each_token_exactly_once(policy: str, instance: tuple[Workload, int]) -> None:
+def test_resume_emits_each_token_exactly_once(policy: str, instance: tuple[Jobs, int]) -> None:
     workload, capacity = instance
     executor, outcomes = run(workload, capacity, policy, "resume")
     finished = [i for o in outcomes for i in o.finished]

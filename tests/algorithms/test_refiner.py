@@ -1,18 +1,14 @@
-"""The loop applies an interval refiner to running requests, and the formers plan with it."""
+"""The loop applies an interval refiner to running requests (that the formers plan with it, end
+to end, is tested in the simulation tests: test_refiner_runs.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from hypothesis import given, settings
 from numpy.typing import NDArray
 
-from algorithms import REGISTRY, SchedulingLoop, make_batch_former
-from simulator.cost_model import load_cost_model
-from simulator.executor import SimulatedExecutor
-from simulator.run import Workload, simulate
+from algorithms import SchedulingLoop, make_batch_former
+from tests.algorithms.fake_executor import FakeExecutor, Jobs
 from tests.factories import CASE_3, make_workload
-from tests.strategies import workloads
 
 IntArray = NDArray[np.int64]
 
@@ -33,7 +29,7 @@ class SurvivorRefiner:
         return np.minimum(new_lo, new_hi), new_hi
 
 
-def reference_case_3() -> tuple[Workload, int]:
+def reference_case_3() -> tuple[Jobs, int]:
     workload = make_workload(prompts=CASE_3["prompts"], outputs=CASE_3["outputs"], interval=(2, 8))
     return workload, int(CASE_3["capacity"])  # type: ignore[call-overload]
 
@@ -41,11 +37,10 @@ def reference_case_3() -> tuple[Workload, int]:
 def test_refined_bounds_reach_running_and_evicted_requests() -> None:
     """Running rows carry lo >= g + 1 after refinement, and an evicted request keeps it."""
     workload, capacity = reference_case_3()
-    cost = load_cost_model("unit", kv_tokens=capacity)
     refiner = SurvivorRefiner()
     loop = SchedulingLoop(
         make_batch_former("amin"),
-        SimulatedExecutor(workload.output_tokens, cost),
+        FakeExecutor(workload.output_tokens),
         capacity,
         refiner=refiner,
     )
@@ -62,30 +57,3 @@ def test_refined_bounds_reach_running_and_evicted_requests() -> None:
             if request.num_evictions:
                 assert request.interval.lo >= request.max_generated + 1
     assert refiner.calls > 0 and evictions > 0
-
-
-def test_refined_upper_bound_makes_amax_plan_survivors_longer() -> None:
-    # request 0 outlives hi = 2 (true 10): with the refiner its hi has doubled to 8 by the
-    # time request 1 arrives, so amax keeps request 1 waiting; without it amax plans request 0
-    # to end next iteration, admits request 1, and the loop must fall back to forced eviction
-    workload = make_workload(prompts=[2, 2], outputs=[10, 3], lo=[1, 1], hi=[2, 3], arrivals=[0, 4])
-    cost = load_cost_model("unit", kv_tokens=13)
-    refined = simulate(workload, "amax", cost, refiner=SurvivorRefiner())
-    plain = simulate(workload, "amax", cost)
-    assert refined.summary["evictions"] == 0
-    assert plain.summary["evictions"] >= 1
-    assert refined.summary["completed"] == plain.summary["completed"] == 2
-    assert refined.log.first_start_s.tolist() == [0.0, 10.0]
-
-
-@pytest.mark.parametrize("policy", sorted(REGISTRY))
-@settings(max_examples=15, deadline=None)
-@given(instance=workloads(within_interval=False))
-def test_refiner_never_loses_requests_or_overflows(
-    policy: str, instance: tuple[Workload, int]
-) -> None:
-    workload, capacity = instance
-    cost = load_cost_model("unit", kv_tokens=capacity)
-    result = simulate(workload, policy, cost, refiner=SurvivorRefiner())
-    assert result.summary["completed"] + result.summary["rejected"] == len(workload)
-    assert result.summary["peak_kv_tokens"] <= capacity

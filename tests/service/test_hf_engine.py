@@ -75,8 +75,8 @@ def test_chunked_prefill_gives_the_same_tokens(model_path: Path) -> None:
         engine.add(i, r)
         loop.add_request(waiting_request(r, i))
     while loop.has_work:
-        loop.step(time.time())
-        for loop_id, token_id in engine.step_tokens().items():
+        outcome = loop.step(time.time())
+        for loop_id, token_id in outcome.tokens.items():
             tokens[loop_id].append(token_id)
     for i, r in enumerate(requests):  # float sums differ by chunking, argmax should not
         assert tokens[i] == whole[r.request_id]

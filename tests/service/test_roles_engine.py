@@ -71,11 +71,11 @@ def test_a_handed_over_request_costs_its_kv_transfer_and_one_decode_step() -> No
     handed = dataclasses.replace(req, output_token_ids=(token_at("r", 0),))
     outcome, _ = first_step(engine, handed)
     assert outcome.elapsed_s * 1e6 == pytest.approx(cost.iteration_time_s(0, 1, kv + 1), rel=1e-9)
-    assert engine.step_tokens() == {7: token_at("r", 1)}  # continues at output position 1
+    assert outcome.tokens == {7: token_at("r", 1)}  # continues at output position 1
     computed = SimEngine(make_settings(), 0, sleep=lambda s: None)
     outcome, _ = first_step(computed, req)
     assert outcome.elapsed_s * 1e6 == pytest.approx(cost.iteration_time_s(500, 0, 501), rel=1e-9)
-    assert computed.handover_s == 0.0 and computed.step_tokens() == {7: token_at("r", 0)}
+    assert computed.handover_s == 0.0 and outcome.tokens == {7: token_at("r", 0)}
     assert transfer_s < cost.iteration_time_s(500, 0, 501) - cost.iteration_time_s(0, 1, 502)
 
 
@@ -89,7 +89,7 @@ def test_an_evicted_hand_over_recomputes_its_kv() -> None:
     outcome = loop.step(time.time())
     expected = engine.cost_model.iteration_time_s(501, 0, 502)
     assert outcome.elapsed_s * 1e6 == pytest.approx(expected, rel=1e-9)
-    assert engine.step_tokens() == {7: token_at("r", 1)}
+    assert outcome.tokens == {7: token_at("r", 1)}
 
 
 def test_the_prefill_executor_ends_requests_at_their_first_token() -> None:

@@ -69,12 +69,11 @@ def prefill_and_export(
     out: dict[str, tuple[int, KVHandover]] = {}
     while loop.has_work:
         outcome = loop.step(time.time())
-        tokens = engine.step_tokens()
         for loop_id in outcome.finished:
             assert loop_id in executor.handed_over
             kv = engine.export_kv(loop_id)
             assert kv is not None
-            out[requests[loop_id].request_id] = (tokens[loop_id], kv)
+            out[requests[loop_id].request_id] = (outcome.tokens[loop_id], kv)
             engine.release(loop_id, forget=True)
     return out
 
@@ -105,7 +104,7 @@ def test_decode_engine_continues_from_the_handed_over_kv_with_the_mixed_tokens(
         got[r.request_id] = [first]
     while loop.has_work:
         outcome = loop.step(time.time())
-        for loop_id, token in decode.step_tokens().items():
+        for loop_id, token in outcome.tokens.items():
             got[requests[loop_id].request_id].append(token)
         for loop_id in outcome.finished:
             decode.release(loop_id, forget=True)
@@ -148,7 +147,7 @@ def test_an_evicted_handover_is_prefilled_again_with_the_same_tokens(model_path:
             num_evicted += 1
             if loop_id not in loop.running:
                 decode.release(loop_id, forget=False)
-        for loop_id, token in decode.step_tokens().items():
+        for loop_id, token in outcome.tokens.items():
             got[requests[loop_id].request_id].append(token)
         for loop_id in outcome.finished:
             decode.release(loop_id, forget=True)

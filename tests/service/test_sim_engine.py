@@ -56,10 +56,10 @@ def run_to_completion(
         loop.add_request(waiting_request(request, i))
     while loop.has_work:
         outcome = loop.step(time.time())
-        for loop_id, token_id in engine.step_tokens().items():
+        for loop_id, token_id in outcome.tokens.items():
             tokens[loop_id].append(token_id)
         for loop_id in outcome.finished:
-            reasons[loop_id] = engine.finish_reason(loop_id)
+            reasons[loop_id] = outcome.finish_reasons[loop_id]
     return {r.request_id: (tokens[i], reasons[i]) for i, r in enumerate(requests)}
 
 

@@ -23,7 +23,7 @@ from service.engines.sim import (
 from service.protocol import GenerationRequest, TokenEvent
 from service.settings import Settings
 from service.worker import ipc
-from service.worker.state import HostOverhead
+from service.worker.overhead import HostOverhead
 from service.worker.worker import Worker, worker_main
 
 PROMPT = tuple(range(5, 15))

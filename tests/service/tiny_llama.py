@@ -70,10 +70,10 @@ def run(
                 tokens[loop_id] = []
             if loop_id not in loop.running:
                 engine.release(loop_id, forget=False)
-        for loop_id, token_id in engine.step_tokens().items():
+        for loop_id, token_id in outcome.tokens.items():
             tokens[loop_id].append(token_id)
         for loop_id in outcome.finished:
-            reasons[loop_id] = engine.finish_reason(loop_id)
+            reasons[loop_id] = outcome.finish_reasons[loop_id]
             engine.release(loop_id, forget=True)
     names = [r.request_id for r in requests]
     return (

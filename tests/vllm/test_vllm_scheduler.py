@@ -15,7 +15,7 @@ from numpy.typing import NDArray
 from vllm_workloads import BLOCK_SIZE, EVICTING, POLICIES, TIGHT, Job, jobs
 
 from algorithms import SchedulingLoop, StepResult, make_batch_former
-from algorithms.state import RunningSet
+from algorithms.batch import BatchView
 from algorithms.types import LengthInterval, WaitingRequest
 from service.vllm_ext.views import capacity_tokens, interval_from_extra_args, view_prompt_tokens
 
@@ -125,10 +125,10 @@ class TrueLengths:
         self.lengths = lengths
 
     def execute(
-        self, running: RunningSet, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
+        self, batch: BatchView, prefill_tokens: NDArray[np.int64], produces: NDArray[np.bool_]
     ) -> StepResult:
-        true = np.array([self.lengths[int(i)] for i in running.ids], dtype=np.int64)
-        done = running.ids[produces & (running.resumed + running.generated + 1 >= true)]
+        true = np.array([self.lengths[int(i)] for i in batch.ids], dtype=np.int64)
+        done = batch.ids[produces & (batch.resumed + batch.generated + 1 >= true)]
         return StepResult(1.0, tuple(int(i) for i in done))
 
 
