@@ -399,7 +399,6 @@ class VllmStepEngine:
         self.kv_capacity_tokens = (int(cache.num_gpu_blocks) - 1) * self.block_size
         self.max_model_len = int(self._engine.vllm_config.model_config.max_model_len)
         self._rids: dict[int, str] = {}
-        self._tokens: dict[int, int] = {}
         self._serial = 0
 
     def add(self, loop_id: int, request: GenerationRequest) -> None:
@@ -414,7 +413,7 @@ class VllmStepEngine:
         )  # fmt: skip
         self._engine.add_request(rid, {"prompt_token_ids": list(request.prompt_token_ids)}, params)
 
-    def execute(self, running: Any, prefill_tokens: Any, produces: Any) -> Any:
+    def execute(self, batch: Any, prefill_tokens: Any, produces: Any) -> Any:
         """One engine step; `StepResult` with its wall time and the requests that finished."""
         from algorithms.loop import StepResult
 
@@ -424,23 +423,17 @@ class VllmStepEngine:
         elapsed_s = time.perf_counter() - started
         by_rid = self._rids
         produced = {o.request_id: o for o in outputs if o.outputs and o.outputs[0].token_ids}
-        expected = [int(j) for j, p in zip(running.ids, produces, strict=True) if p]
+        expected = [int(j) for j, p in zip(batch.ids, produces, strict=True) if p]
         missing = [j for j in expected if by_rid.get(j) not in produced]
         if missing:
             raise ValueError(
                 f"vLLM's step produced no token for {len(missing)} of {len(expected)} requests "
                 "(prefill split over steps or KV short): raise the token budget or blocks"
             )
-        self._tokens = {j: int(produced[by_rid[j]].outputs[0].token_ids[-1]) for j in expected}
+        tokens = {j: int(produced[by_rid[j]].outputs[0].token_ids[-1]) for j in expected}
         finished = tuple(j for j in expected if produced[by_rid[j]].finished)
-        return StepResult(elapsed_s, finished)
-
-    def step_tokens(self) -> dict[int, int]:
-        return dict(self._tokens)
-
-    def finish_reason(self, loop_id: int) -> str:
-        del loop_id
-        return "length"
+        reasons = dict.fromkeys(finished, "length")  # ignore_eos: max_tokens ends every request
+        return StepResult(elapsed_s, finished, tokens, reasons)
 
     def release(self, loop_id: int, *, forget: bool) -> None:
         del forget

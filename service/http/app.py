@@ -12,6 +12,7 @@ import gc
 import importlib
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from typing import Final
 
 from fastapi import FastAPI
 
@@ -102,9 +103,17 @@ def _default_backend(settings: Settings, metrics: Metrics, tokenizer: Tokenizer)
     return backend
 
 
+# the module whose load_tokenizer(settings) gives each engine's tokenizer
+TOKENIZER_MODULES: Final = {
+    "sim": "service.engines.sim",
+    "hf": "service.engines.hf",
+    "vllm": "service.backends.vllm",
+    "openai-upstream": "service.backends.upstream",
+}
+
+
 def _default_tokenizer(settings: Settings) -> Tokenizer:
-    name = "service.backends.upstream" if settings.engine == "openai-upstream" else None
-    engine = importlib.import_module(name or f"service.engines.{settings.engine}")
+    engine = importlib.import_module(TOKENIZER_MODULES[settings.engine])
     tokenizer: Tokenizer = engine.load_tokenizer(settings)
     return tokenizer
 

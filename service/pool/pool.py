@@ -61,12 +61,6 @@ class WorkerPool:
         self._slots = [WorkerSlot(i, worker_role(settings, i)) for i in range(settings.workers)]
         self._role_metrics = RoleMetrics(metrics, self._slots)
         self._pending: dict[str, PendingRequest] = {}
-        self._handlers: ipc.Handlers = {
-            ipc.WorkerReady: self._on_ready,
-            ipc.Events: self._on_events,
-            ipc.Stats: self._on_stats,
-            ipc.WorkerFailed: self._on_failed,
-        }
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader: OutboundReader | None = None
         self._started: asyncio.Future[None] | None = None
@@ -207,7 +201,17 @@ class WorkerPool:
     def _on_message(self, proc: WorkerProcess, message: ipc.Outbound) -> None:
         if self._slots[proc.worker_id].proc is proc:  # else a replaced worker's leftovers
             self._slots[proc.worker_id].last_heard_s = time.monotonic()
-            ipc.route(self._handlers, message)
+            match message:
+                case ipc.WorkerReady():
+                    self._on_ready(message)
+                case ipc.Events():
+                    self._on_events(message)
+                case ipc.Stats():
+                    self._on_stats(message)
+                case ipc.WorkerFailed():
+                    self._on_failed(message)
+                case _:
+                    raise TypeError(f"unexpected message {type(message).__name__}")
 
     def _on_ready(self, message: ipc.WorkerReady) -> None:
         slot = self._slots[message.worker_id]

@@ -3,14 +3,12 @@
 Inbound (pool -> worker): `Submit`, `Cancel`, `Shutdown`. Outbound (worker -> pool): `Events`
 (one iteration's `TokenEvent`s and `Prefilled` hand-overs), `Stats` (`WorkerStats`),
 `WorkerReady`, `WorkerFailed`.
-All are small frozen records that pickle cheaply; the worker matches `Inbound` messages on their
-type (`match`, checked by mypy), the pool routes outbound ones with a type -> handler table
-(`route`), never with isinstance ladders or strings.
+All are small frozen records that pickle cheaply; the worker matches `Inbound` messages and the
+pool `Outbound` ones on their type (`match`, checked by mypy), never on strings.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -117,13 +115,3 @@ class WorkerFailed:
 
 Inbound = Submit | Cancel | Shutdown
 Outbound = Events | Stats | WorkerReady | WorkerFailed
-Handlers = Mapping[type[Any], Callable[[Any], None]]
-
-
-def route(handlers: Handlers, message: object) -> None:
-    """Call the handler registered for `type(message)`; an unknown type is a bug (TypeError)."""
-    try:
-        handler = handlers[type(message)]
-    except KeyError:
-        raise TypeError(f"no handler for message {type(message).__name__}") from None
-    handler(message)
