@@ -147,3 +147,22 @@ def test_mypy_strict() -> None:
         [sys.executable, "-m", "mypy"], cwd=ROOT, capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stdout[-3000:]
+
+
+def test_algorithms_tests_do_not_import_the_simulator() -> None:
+    """tests/algorithms, with the helpers it shares (tests.factories, tests.strategies, tests.jobs),
+    runs the scheduling loop without the simulator: a fresh interpreter imports them all."""
+    modules = ["tests.factories", "tests.strategies", "tests.jobs"] + [
+        f"tests.algorithms.{path.stem}" for path in sorted((ROOT / "tests/algorithms").glob("*.py"))
+    ]
+    script = (
+        "import importlib, sys\n"
+        f"for name in {modules!r}:\n"
+        "    importlib.import_module(name)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'simulator'))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.strip() == "[]", f"simulator imported: {result.stdout}"

@@ -3,38 +3,19 @@
 Request i finishes in the iteration that emits its `true_lengths[i]`-th output token (tokens an
 earlier run kept count); every iteration lasts `iteration_s`. It records
 what it was asked to do, per request: prompt tokens prefilled, tokens emitted and the output
-index of every emitted token. `Jobs` is what these tests read of a workload (the ones
-tests.factories and tests.strategies build).
+index of every emitted token. The tests feed it the true lengths of a `tests.jobs.Jobs` (what
+tests.factories.make_jobs and tests.strategies.jobs build, with no simulator behind them).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from algorithms.batch import BatchView
 from algorithms.loop import StepResult
-from algorithms.types import WaitingRequest
-
-
-class Jobs(Protocol):
-    """Requests 0 .. n-1 with their true output lengths."""
-
-    @property
-    def arrival_s(self) -> NDArray[np.float64]: ...
-
-    @property
-    def prompt_tokens(self) -> NDArray[np.int64]: ...
-
-    @property
-    def output_tokens(self) -> NDArray[np.int64]: ...
-
-    def __len__(self) -> int: ...
-
-    def request(self, i: int) -> WaitingRequest: ...
 
 
 class FakeExecutor:

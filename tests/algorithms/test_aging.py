@@ -15,7 +15,7 @@ from algorithms.remaining import waiting_expected_remaining
 from algorithms.state import WaitingQueue
 from algorithms.types import LengthInterval, WaitingRequest
 from tests.algorithms.fake_executor import FakeExecutor
-from tests.factories import make_workload
+from tests.factories import make_jobs
 
 requests_strategy = st.lists(
     st.tuples(st.integers(0, 200), st.integers(1, 400), st.integers(0, 400)),
@@ -91,7 +91,7 @@ def one_at_a_time(wait_weight: float) -> list[int]:
     outputs = np.full(count, 3, dtype=np.int64)
     outputs[0] = 10
     arrivals = np.maximum(np.arange(count, dtype=np.float64) - 1.0, 0.0)  # 0, 0, 1, 2, ...
-    workload = make_workload(prompts=prompts, outputs=outputs, arrivals=arrivals)
+    workload = make_jobs(prompts=prompts, outputs=outputs, arrivals=arrivals)
     former = make_batch_former(
         "asf", wait_weight=wait_weight, ratio_initial=1.0, ratio_min=1.0, ratio_max=1.0
     )

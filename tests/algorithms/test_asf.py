@@ -15,8 +15,9 @@ from algorithms.asf import ASFBatchFormer
 from algorithms.loop import StepOutcome
 from algorithms.state import RunningSet, SchedulerState, WaitingQueue
 from algorithms.types import LengthInterval
-from tests.algorithms.fake_executor import FakeExecutor, Jobs
-from tests.strategies import workloads
+from tests.algorithms.fake_executor import FakeExecutor
+from tests.jobs import Jobs
+from tests.strategies import jobs
 
 IntArray = NDArray[np.int64]
 
@@ -73,7 +74,7 @@ def run(
 
 @pytest.mark.parametrize("params", SETTINGS)
 @settings(max_examples=40, deadline=None)
-@given(instance=workloads(within_interval=False), refine=st.booleans())
+@given(instance=jobs(within_interval=False), refine=st.booleans())
 def test_memory_never_exceeds_capacity_and_each_token_is_emitted_once(
     params: dict[str, Any], instance: tuple[Jobs, int], refine: bool
 ) -> None:
@@ -91,7 +92,7 @@ def test_memory_never_exceeds_capacity_and_each_token_is_emitted_once(
 
 
 @settings(max_examples=30, deadline=None)
-@given(instance=workloads(within_interval=False), size=st.integers(1, 3))
+@given(instance=jobs(within_interval=False), size=st.integers(1, 3))
 def test_batch_size_cap_holds_through_evictions(instance: tuple[Jobs, int], size: int) -> None:
     workload, capacity = instance
     _, outcomes, _ = run(workload, capacity, EAGER, max_batch_size=size)
@@ -99,7 +100,7 @@ def test_batch_size_cap_holds_through_evictions(instance: tuple[Jobs, int], size
 
 
 @settings(max_examples=30, deadline=None)
-@given(instance=workloads(within_interval=False), refine=st.booleans())
+@given(instance=jobs(within_interval=False), refine=st.booleans())
 def test_same_inputs_same_outcomes(instance: tuple[Jobs, int], refine: bool) -> None:
     workload, capacity = instance
     _, first, first_ratios = run(workload, capacity, EAGER, refine=refine)

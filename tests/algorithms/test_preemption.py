@@ -14,9 +14,10 @@ from algorithms import (
     make_batch_former,
 )
 from algorithms.loop import StepOutcome
-from tests.algorithms.fake_executor import FakeExecutor, Jobs
-from tests.factories import make_workload
-from tests.strategies import workloads
+from tests.algorithms.fake_executor import FakeExecutor
+from tests.factories import make_jobs
+from tests.jobs import Jobs
+from tests.strategies import jobs
 
 EVICTING = sorted(name for name, cls in REGISTRY.items() if cls.can_evict)
 
@@ -40,7 +41,7 @@ def run(
 
 def three_requests() -> Jobs:
     """Three requests that outgrow a 24-token cache under vLLM's policy (exact intervals)."""
-    return make_workload(prompts=[4, 4, 4], outputs=[6, 6, 6], lo=[1, 1, 1], hi=[6, 6, 6])
+    return make_jobs(prompts=[4, 4, 4], outputs=[6, 6, 6], lo=[1, 1, 1], hi=[6, 6, 6])
 
 
 def test_resumed_request_continues_where_it_stopped() -> None:
@@ -87,7 +88,7 @@ def test_unknown_preemption_mode_is_refused() -> None:
 
 @pytest.mark.parametrize("policy", EVICTING)
 @settings(max_examples=30, deadline=None)
-@given(instance=workloads(within_interval=False))
+@given(instance=jobs(within_interval=False))
 def test_resume_emits_each_token_exactly_once(policy: str, instance: tuple[Jobs, int]) -> None:
     workload, capacity = instance
     executor, outcomes = run(workload, capacity, policy, "resume")

@@ -9,8 +9,9 @@ from hypothesis import given, settings
 
 from algorithms import REGISTRY, SchedulingLoop, make_batch_former
 from algorithms.loop import StepOutcome
-from tests.algorithms.fake_executor import FakeExecutor, Jobs
-from tests.strategies import workloads
+from tests.algorithms.fake_executor import FakeExecutor
+from tests.jobs import Jobs
+from tests.strategies import jobs
 
 POLICIES = sorted(REGISTRY)
 NON_EVICTING = [name for name, cls in REGISTRY.items() if not cls.can_evict]
@@ -32,7 +33,7 @@ def step_trace(workload: Jobs, capacity: int, policy: str) -> list[StepOutcome]:
 
 @pytest.mark.parametrize("policy", POLICIES)
 @settings(max_examples=30, deadline=None)
-@given(instance=workloads())
+@given(instance=jobs())
 def test_memory_never_exceeds_capacity(policy: str, instance: tuple[Jobs, int]) -> None:
     workload, capacity = instance
     for outcome in step_trace(workload, capacity, policy):
@@ -41,7 +42,7 @@ def test_memory_never_exceeds_capacity(policy: str, instance: tuple[Jobs, int]) 
 
 @pytest.mark.parametrize("policy", NON_EVICTING)
 @settings(max_examples=30, deadline=None)
-@given(instance=workloads())
+@given(instance=jobs())
 def test_non_evicting_policies_never_evict(policy: str, instance: tuple[Jobs, int]) -> None:
     workload, capacity = instance
     assert all(not o.evicted for o in step_trace(workload, capacity, policy))
@@ -49,7 +50,7 @@ def test_non_evicting_policies_never_evict(policy: str, instance: tuple[Jobs, in
 
 @pytest.mark.parametrize("policy", POLICIES)
 @settings(max_examples=15, deadline=None)
-@given(instance=workloads())
+@given(instance=jobs())
 def test_batch_size_cap_is_respected(policy: str, instance: tuple[Jobs, int]) -> None:
     workload, capacity = instance
     params = {"true_lengths": workload.output_tokens} if policy == "hsf" else {}

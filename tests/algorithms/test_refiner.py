@@ -7,8 +7,9 @@ import numpy as np
 from numpy.typing import NDArray
 
 from algorithms import SchedulingLoop, make_batch_former
-from tests.algorithms.fake_executor import FakeExecutor, Jobs
-from tests.factories import CASE_3, make_workload
+from tests.algorithms.fake_executor import FakeExecutor
+from tests.factories import CASE_3, make_jobs
+from tests.jobs import Jobs
 
 IntArray = NDArray[np.int64]
 
@@ -30,7 +31,7 @@ class SurvivorRefiner:
 
 
 def reference_case_3() -> tuple[Jobs, int]:
-    workload = make_workload(prompts=CASE_3["prompts"], outputs=CASE_3["outputs"], interval=(2, 8))
+    workload = make_jobs(prompts=CASE_3["prompts"], outputs=CASE_3["outputs"], interval=(2, 8))
     return workload, int(CASE_3["capacity"])  # type: ignore[call-overload]
 
 
