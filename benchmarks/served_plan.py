@@ -31,9 +31,13 @@ from numpy.typing import NDArray  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from service.commands.loadgen import build_requests, first_model, replay  # noqa: E402
-from simulator._cluster_core import steady_throughput  # noqa: E402
 from simulator.arrivals import with_arrivals  # noqa: E402
-from simulator.cluster import NEAREST_FRACTION, NEAREST_MIN, simulate_cluster  # noqa: E402
+from simulator.cluster import (  # noqa: E402
+    NEAREST_FRACTION,
+    NEAREST_MIN,
+    simulate_cluster,
+    steady_throughput,
+)
 from simulator.cost_model import load_cost_model  # noqa: E402
 from simulator.exegpt.config import ClusterSpec, Config, Workload  # noqa: E402
 from simulator.traces import load_trace  # noqa: E402

@@ -18,36 +18,176 @@ ClusterSpec.kv_transfer_ms_per_token, one transfer at a time on the link) must a
 joins the decode batch at an iteration boundary; the encoder waits while the decode batch plus
 batches in flight would exceed B_D. Stage times come from simulator.exegpt.timing (TP degree and
 pipeline depth as documented there). Latency = last token - start of the query's encode.
-Invariant: every request is encoded once and finishes exactly once.
+Building blocks: `DecodeBatch` holds the running queries as arrays (KV held, decode iterations
+left); `Pipeline` times micro-batches on a pipeline layout with
+`simulator.exegpt.timing.stage_time_s` (the planner's stage-time model, so simulation and
+XSimulator share the per-stage costs); `RunState` is the state shared by the RRA and WAA loops.
+Invariant: every request is encoded once and finishes exactly once, and a query is in at most
+one place at a time (waiting, in flight, running, finished).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from simulator._cluster_core import (
-    DecodeBatch,
-    Pipeline,
-    Progress,
-    RunState,
-    encode_times,
-    steady_throughput,
-)
 from simulator.cost_model import CostModel
 from simulator.exegpt.config import ClusterSpec, Config, Prediction, Workload
-from simulator.exegpt.timing import kv_capacity_tokens
+from simulator.exegpt.timing import Layout, kv_capacity_tokens, make_layout, stage_time_s
 from simulator.run import Workload as RunWorkload
 from simulator.run import simulate
 
 FloatArray = NDArray[np.float64]
 IntArray = NDArray[np.int64]
+Progress = Callable[[int], None]
 NEAREST_FRACTION = 0.01  # p99-length latency: mean over the 1% of requests nearest S99 ...
 NEAREST_MIN = 10  # ... but at least this many
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    """One pipeline of devices (all of RRA, or WAA's encode or decode side)."""
+
+    cost: CostModel
+    cluster: ClusterSpec
+    layout: Layout
+
+    @classmethod
+    def of(
+        cls, cost: CostModel, cluster: ClusterSpec, gpus: int, tp_degree: int, tp_gpus: int
+    ) -> Pipeline:
+        if tp_gpus == 0:
+            tp_degree = 1
+        return cls(cost, cluster, make_layout(gpus, tp_degree, tp_gpus))
+
+    @property
+    def depth(self) -> int:
+        return self.layout.depth
+
+    def stage_times(
+        self, prefill_tokens: FloatArray, num_decode: FloatArray, kv_tokens: FloatArray
+    ) -> list[float]:
+        """Stage time of each micro-batch (one entry per micro-batch load)."""
+        return [
+            stage_time_s(self.cost, self.cluster, self.layout, float(p), float(d), float(k))
+            for p, d, k in zip(prefill_tokens, num_decode, kv_tokens, strict=True)
+        ]
+
+    def split(
+        self, prefill: IntArray, decode: IntArray, kv: IntArray, num_micro: int
+    ) -> list[float]:
+        """Stage times of the rows split round-robin into `num_micro` micro-batches."""
+        groups = np.arange(len(kv)) % num_micro
+        loads = [
+            np.bincount(groups, weights=column, minlength=num_micro).astype(np.float64)
+            for column in (prefill, decode, kv)
+        ]
+        return self.stage_times(*loads)
+
+    def pass_s(self, times: Sequence[float]) -> float:
+        """One batch of micro-batches through the whole pipeline: fill, stream, drain."""
+        return float(sum(times) + (self.depth - 1) * max(times))
+
+    def period_s(self, times: Sequence[float]) -> float:
+        """One decode iteration of every micro-batch: stage 1 busy time, or one lap of the
+        pipeline per micro-batch, whichever is longer (max(P, m) * t)."""
+        return float(max(sum(times), self.depth * max(times)))
+
+
+class DecodeBatch:
+    """Running queries: id, KV tokens held (prompt + generated), decode iterations left."""
+
+    def __init__(self) -> None:
+        self.ids: IntArray = np.zeros(0, dtype=np.int64)
+        self.held: IntArray = np.zeros(0, dtype=np.int64)
+        self.left: IntArray = np.zeros(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def add(self, ids: IntArray, prompts: IntArray, outputs: IntArray) -> None:
+        """Queries just encoded (their first token is out): outputs - 1 decodes to go."""
+        self.ids = np.concatenate((self.ids, ids))
+        self.held = np.concatenate((self.held, prompts + 1))
+        self.left = np.concatenate((self.left, outputs - 1))
+
+    def kv_tokens(self) -> int:
+        return int(self.held.sum())
+
+    def times(self, pipeline: Pipeline, num_micro: int) -> list[float]:
+        """Stage times of the next decode iteration split into up to `num_micro` micro-batches."""
+        n = len(self.ids)
+        ones = np.ones(n, dtype=np.int64)
+        return pipeline.split(np.zeros(n, dtype=np.int64), ones, self.held + 1, min(num_micro, n))
+
+    def step(self) -> IntArray:
+        """One token for every query; returns (and drops) the queries that are done."""
+        self.held += 1
+        self.left -= 1
+        done = self.left <= 0
+        finished = self.ids[done]
+        keep = ~done
+        self.ids, self.held, self.left = self.ids[keep], self.held[keep], self.left[keep]
+        return finished
+
+
+def encode_times(pipeline: Pipeline, prompts: IntArray, num_micro: int) -> list[float]:
+    """Stage times of an encode batch (prefill, KV = prompt + 1 each) in `num_micro` parts."""
+    zeros = np.zeros(len(prompts), dtype=np.int64)
+    return pipeline.split(prompts, zeros, prompts + 1, num_micro)
+
+
+def steady_throughput(finish_s: FloatArray, trim: float = 0.1) -> float:
+    """Completions per second between the `trim` and 1 - `trim` quantiles of completion order
+    (ramp-up and drain excluded); all completions over the makespan below 20 requests."""
+    n = len(finish_s)
+    ordered = np.sort(finish_s)
+    if n < 20:
+        return n / float(ordered[-1]) if ordered[-1] > 0 else float("inf")
+    lo, hi = int(trim * n), int(np.ceil((1 - trim) * n)) - 1
+    span = float(ordered[hi] - ordered[lo])
+    return (hi - lo) / span if span > 0 else float("inf")
+
+
+@dataclass(slots=True)
+class RunState:
+    """Mutable state shared by the RRA and WAA loops."""
+
+    workload: Workload
+    progress: Progress
+    start_s: FloatArray
+    finish_s: FloatArray
+    next_query: int = 0
+    peak_kv_tokens: int = 0
+    num_encodes: int = 0
+    num_iterations: int = 0
+
+    @classmethod
+    def of(cls, workload: Workload, progress: Progress | None) -> RunState:
+        n = len(workload)
+        nan = np.full(n, np.nan)
+        return cls(workload, progress or (lambda _: None), nan, nan.copy())
+
+    def take(self, count: int, now_s: float) -> IntArray:
+        """The next `count` queries of the backlog, their encode starting at `now_s`."""
+        ids = np.arange(self.next_query, self.next_query + count, dtype=np.int64)
+        self.next_query += count
+        self.start_s[ids] = now_s
+        self.num_encodes += 1
+        return ids
+
+    def finish(self, ids: IntArray, now_s: float) -> None:
+        self.finish_s[ids] = now_s
+        if len(ids):
+            self.progress(len(ids))
+
+    def pending(self) -> int:
+        return len(self.workload) - self.next_query
 
 
 def kv_transfer_ms_per_token(kv_bytes_per_token: float, link_bytes_per_s: float) -> float:
@@ -185,7 +325,8 @@ def _encode_phase(
 
 
 def _run_rra(config: Config, pipeline: Pipeline, run: RunState) -> None:
-    batch, now = DecodeBatch(), 0.0
+    batch = DecodeBatch()
+    now = 0.0
     while run.pending() or len(batch):
         now = _encode_phase(config, pipeline, batch, run, now)
         last: list[float] = []
@@ -245,7 +386,9 @@ def _launch_encodes(
 def _run_waa(
     config: Config, encoder: Pipeline, decoder: Pipeline, xfer_s_per_token: float, run: RunState
 ) -> None:
-    batch, flight, now = DecodeBatch(), _InFlight(deque()), 0.0
+    batch = DecodeBatch()
+    flight = _InFlight(deque())
+    now = 0.0
     workload = run.workload
     while run.pending() or len(batch) or flight.batches:
         _launch_encodes(config, encoder, xfer_s_per_token, len(batch), flight, run, now)
@@ -278,7 +421,8 @@ def simulate_replicas(
         raise ValueError(f"num_replicas must be an integer >= 1, got {num_replicas!r}")
     n = len(workload)
     start, finish = np.full(n, np.nan), np.full(n, np.nan)
-    peak, iterations = 0, 0
+    peak = 0
+    iterations = 0
     for replica in range(num_replicas):
         ids = np.arange(replica, n, num_replicas)
         if not len(ids):
