@@ -34,7 +34,8 @@ def admit_with_future_check(
     for request in candidates:
         if len(admitted) >= room:
             break
-        tokens_now, steps = request.prompt_tokens + 1, planning_length(request)
+        tokens_now = request.prompt_tokens + 1
+        steps = planning_length(request)
         if memory.fits(tokens_now, steps):
             memory.add(tokens_now, steps)
             admitted.append(request.id)

@@ -96,7 +96,8 @@ def _first_fit(order: IntArray, w: IntArray, cap: int) -> IntArray:
     """Ids accepted by a first-fit scan of `order`; vectorised in rounds (one per rejection)."""
     w_ord = w[order]
     parts: list[IntArray] = []
-    rem, start = cap, 0
+    rem = cap
+    start = 0
     while start < order.size:
         cand = np.flatnonzero(w_ord[start:] <= rem) + start  # later items only get harder to fit
         if cand.size == 0:

@@ -77,7 +77,8 @@ def _knapsack(w: IntArray, o: IntArray, cap: int, take: BoolArray | None) -> Int
     table = np.full((k_max + 1, cap + 1), _INF, dtype=np.int64)
     table[0] = 0
     for j in range(w.size):
-        wj, rows = int(w[j]), min(j + 1, k_max)
+        wj = int(w[j])
+        rows = min(j + 1, k_max)
         old = table[1 : rows + 1, wj:]
         cand = table[:rows, : cap + 1 - wj] + int(o[j])
         if take is not None:

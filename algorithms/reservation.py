@@ -42,8 +42,11 @@ class AdaptiveReservation:
             )
         if tighten_step < 0.0 or relax_step < 0.0:
             raise ValueError("tighten_step and relax_step must be >= 0")
-        self.initial, self.minimum, self.maximum = initial, minimum, maximum
-        self.tighten_step, self.relax_step = tighten_step, relax_step
+        self.initial = initial
+        self.minimum = minimum
+        self.maximum = maximum
+        self.tighten_step = tighten_step
+        self.relax_step = relax_step
         self.ratio = initial
         self._last_step: int | None = None
 

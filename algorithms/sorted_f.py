@@ -115,5 +115,6 @@ class SortedFContinuousBatchFormer(SortedFBatchFormer):
             members = sorted((waiting[i] for i in group), key=lambda r: (r.interval.hi, r.id))
             order.extend(r.id for r in members)
         self._order = deque(order)
-        self._planned, self._appended = len(waiting), 0
+        self._planned = len(waiting)
+        self._appended = 0
         self._known = {r.id for r in waiting}

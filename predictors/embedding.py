@@ -102,7 +102,8 @@ class MiniLM:
 
     def _layer(self, x: Float32Array, i: int) -> Float32Array:
         prefix = f"encoder.layer.{i}"
-        num_tokens, head = len(x), EMBEDDING_DIM // NUM_HEADS
+        num_tokens = len(x)
+        head = EMBEDDING_DIM // NUM_HEADS
         q, k, v = (
             self._linear(x, f"{prefix}.attention.self.{n}")
             .reshape(num_tokens, NUM_HEADS, head)

@@ -39,7 +39,10 @@ class FormatError(ValueError):
         *,
         record: int | None = None,
     ) -> None:
-        self.path, self.line, self.problem, self.field = str(path), line, problem, field
+        self.path = str(path)
+        self.line = line
+        self.problem = problem
+        self.field = field
         self.record = record
         where = self.path if line is None else f"{self.path}:{line}"
         if record is not None:

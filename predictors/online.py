@@ -148,7 +148,8 @@ class _Side:
             raise ValueError("delta out of bounds or negative counts")
         if set(bits) - {"0", "1"} or counts[1] > counts[0]:
             raise ValueError("bad running window or more misses than observations")
-        self.delta, (self.observed, self.misses, self.unknown) = delta, counts
+        self.delta = delta
+        self.observed, self.misses, self.unknown = counts
         self.recent.clear()
         self.recent.extend(b == "1" for b in bits[-(self.recent.maxlen or 0) :])
 
@@ -176,7 +177,9 @@ class OnlineCalibrator:
             raise ValueError(f"miss budgets must be in (0, 0.5): d_lo={d_lo}, d_hi={d_hi}")
         if not (0.0 < step <= 1.0) or window < 1 or not (0.0 < bound <= 20.0):
             raise ValueError(f"need 0 < step <= 1, window >= 1, 0 < bound <= 20: {step=}")
-        self.step, self.window, self.bound = step, window, bound
+        self.step = step
+        self.window = window
+        self.bound = bound
         self.fingerprint = fingerprint
         self.lo = _Side(d_lo, window)
         self.hi = _Side(d_hi, window)

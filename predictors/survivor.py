@@ -157,7 +157,9 @@ def _stack(
     lo: IntArray, hi: IntArray, y: IntArray, checkpoints: Sequence[int]
 ) -> tuple[FloatArray, FloatArray, IntArray]:
     """Survivor rows (L > k) for every checkpoint: features, log(L / k), checkpoint index."""
-    xs, ts, ids = [], [], []
+    xs = []
+    ts = []
+    ids = []
     for j, k in enumerate(checkpoints):
         alive = np.flatnonzero(y > k)
         ks = np.full(len(alive), k, dtype=np.int64)

@@ -217,7 +217,8 @@ class Metrics:
         since the previous report (they are added); `batch_formation_s` holds one duration per
         formed batch.
         """
-        name, worker = self.model_name, str(stats.worker_id)
+        name = self.model_name
+        worker = str(stats.worker_id)
         self.num_requests_running.labels(name, worker).set(stats.num_running)
         self.num_requests_waiting.labels(name, worker).set(stats.num_waiting)
         capacity = stats.kv_capacity_tokens

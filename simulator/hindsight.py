@@ -348,7 +348,8 @@ def _clique_cuts(x: FloatArray, inst: _Instance, model: _Model, deadline: float)
     Columns p, q running at t (memory m, slots left r) cannot both be chosen iff they belong to
     one request or m_p + m_q + 2 * min(r_p, r_q) > capacity (their load where the overlap ends).
     """
-    mem, cuts = model.memory, []
+    mem = model.memory
+    cuts = []
     for t in range(mem.shape[0]):
         if time.monotonic() > deadline:
             break
@@ -359,7 +360,8 @@ def _clique_cuts(x: FloatArray, inst: _Instance, model: _Model, deadline: float)
         job = model.job[cols]
         r = model.start[cols] + inst.o[job] - 1 - t
         order = np.lexsort((-(m + r), -x[cols]))
-        ok, members = np.ones(cols.size, dtype=bool), []
+        ok = np.ones(cols.size, dtype=bool)
+        members = []
         while ok.any():
             q = order[ok[order]][0]
             members.append(q)
@@ -412,7 +414,8 @@ def _silence_native_stdout() -> Iterator[None]:
         yield
         return
     sys.stdout.flush()
-    saved, devnull = os.dup(fd), os.open(os.devnull, os.O_WRONLY)
+    saved = os.dup(fd)
+    devnull = os.open(os.devnull, os.O_WRONLY)
     os.dup2(devnull, fd)
     try:
         yield

@@ -171,7 +171,8 @@ def _run(
 ) -> None:
     order = np.argsort(workload.arrival_s, kind="stable")
     arrivals = workload.arrival_s[order]
-    now, upcoming = 0.0, 0
+    now = 0.0
+    upcoming = 0
     while upcoming < len(order) or loop.has_work:
         while upcoming < len(order) and arrivals[upcoming] <= now:
             i = int(order[upcoming])

@@ -156,7 +156,8 @@ class EngineCounts:
     and the latest queue and KV gauges. Shown in `/v1/scheduler` and on `/metrics`."""
 
     def __init__(self, metrics: Metrics | None, model_name: str) -> None:
-        self.metrics, self.model_name = metrics, model_name
+        self.metrics = metrics
+        self.model_name = model_name
         self.num_steps = self.num_preemptions = 0
         self.prompt_tokens = self.generation_tokens = 0
         self.num_running = self.num_waiting = 0
@@ -227,7 +228,8 @@ class VllmBackend:
         refuse_clairvoyant(settings.policy)
         make_batch_former(settings.policy, **settings.policy_params)  # fail fast on bad names
         require_vllm()
-        self.settings, self.metrics = settings, metrics
+        self.settings = settings
+        self.metrics = metrics
         self.cpu = on_cpu_platform()
         self.kwargs = engine_kwargs(settings, cpu=self.cpu)
         self.counts = EngineCounts(metrics, settings.model_name)
@@ -285,7 +287,8 @@ class VllmBackend:
         rid, num_prompt = request.request_id, len(request.prompt_token_ids)
         prompt = {"prompt_token_ids": list(request.prompt_token_ids)}
         stream = self._llm.generate(prompt, self._params(request), rid)
-        num_output, started = 0, False
+        num_output = 0
+        started = False
         try:
             async for output in stream:
                 completion = output.outputs[0]
@@ -349,7 +352,8 @@ class VllmBackend:
                     "max_model_len": context,
                 }
             ]
-            info["kv_blocks"], info["block_size"] = blocks, block_size
+            info["kv_blocks"] = blocks
+            info["block_size"] = block_size
         return info
 
 

@@ -142,11 +142,15 @@ async def send_one(
 async def _read_stream(
     response: httpx.Response, endpoint: Endpoint, result: RequestResult, started: float
 ) -> None:
-    num_chunks, usage_tokens, done, last = 0, None, False, started
+    num_chunks = 0
+    usage_tokens = None
+    done = False
+    last = started
     async for line in response.aiter_lines():
         if not line.startswith("data:"):
             continue
-        now, payload = time.perf_counter(), line[len("data:") :].strip()
+        now = time.perf_counter()
+        payload = line[len("data:") :].strip()
         if payload == "[DONE]":
             done = True
             break
@@ -163,7 +167,8 @@ async def _read_stream(
             result.ttft_s = now - started
         else:
             result.itl_s.append(now - last)
-        num_chunks, last = num_chunks + 1, now
+        num_chunks = num_chunks + 1
+        last = now
     if not done:
         result.error = "stream ended without [DONE]"
     result.output_tokens = int(usage_tokens) if usage_tokens is not None else num_chunks

@@ -268,7 +268,9 @@ def _eval_online(
     if not 0.0 < step <= 1.0:
         raise ValueError(f"--online-step must be in (0, 1], got {step}")
     report = evaluate_online(model, samples, max_tokens=args.max_tokens, step=step)
-    target, after, state = _target(model), report["after_warmup"], report["calibrator"]
+    target = _target(model)
+    after = report["after_warmup"]
+    state = report["calibrator"]
     print(f"  online replay in data order (step {step:g}), {report['n']:,} completions:")
     print(f"  whole stream: {_online_line(report, target)}")
     if after["n"]:

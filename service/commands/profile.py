@@ -144,7 +144,8 @@ def check_grid(grid: ProfileGrid, engine: Engine) -> None:
 def _requests(
     batch_size: int, seq_tokens: int, max_tokens: int
 ) -> tuple[list[GenerationRequest], list[WaitingRequest]]:
-    generation, waiting = [], []
+    generation = []
+    waiting = []
     for j in range(batch_size):
         prompt = tuple(3 + (j * 7 + k) % FILLER_IDS for k in range(seq_tokens))
         generation.append(

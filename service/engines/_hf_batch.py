@@ -66,7 +66,8 @@ def forward_rows(model: Any, rows: Sequence[Row], device: str) -> tuple[Any, lis
 
     past = [_length(row.cache) for row in rows]
     news = [len(row.input_ids) for row in rows]
-    width, span = max(past), max(news)
+    width = max(past)
+    span = max(news)
     input_ids = torch.full((len(rows), span), PAD_TOKEN_ID, dtype=torch.long)
     positions = torch.empty((len(rows), span), dtype=torch.long)
     mask = torch.ones((len(rows), width + span), dtype=torch.long)

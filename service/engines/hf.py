@@ -96,7 +96,9 @@ class _Sequence:
                 f" it has {len(self.output)}"
             )
         del self.output[resumed:]
-        self.cache, self.imported, self.reason = None, None, "length"
+        self.cache = None
+        self.imported = None
+        self.reason = "length"
         self.context = self.request.prompt_token_ids + tuple(self.output)
 
 

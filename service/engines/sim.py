@@ -138,7 +138,8 @@ class SimEngine:
             transfer_ms = ClusterSpec(1).kv_transfer_ms_per_token
         self.kv_transfer_s_per_token = transfer_ms / 1000.0
         self.handover_s = 0.0  # model seconds of KV hand-over transfers so far
-        self._sleep, self._clock = sleep, clock
+        self._sleep = sleep
+        self._clock = clock
         self._deadline = 0.0
         self._targets: dict[int, int] = {}
         self._seeds: dict[int, int] = {}

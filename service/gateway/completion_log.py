@@ -37,7 +37,8 @@ class CompletionLog:
     """Append-only JSONL writer (a no-op when `path` is None); opened on first use."""
 
     def __init__(self, path: Path | None, model: str) -> None:
-        self.path, self.model = path, model
+        self.path = path
+        self.model = model
         self.num_written = 0
         self._file: IO[str] | None = None
         self._lock = threading.Lock()

@@ -288,7 +288,8 @@ class Job:
         prompt: str,
         options: Options | None = None,
     ) -> None:
-        self.request, self.prompt = request, prompt
+        self.request = request
+        self.prompt = prompt
         options = options or Options()
         self._stop = StopMatcher(options.stop)
         self._stop_ids = frozenset(options.stop_token_ids)
@@ -338,7 +339,8 @@ class Job:
         text, tokens = event.text, event.token_ids
         stop_at = self._stop_token_index(tokens)
         if stop_at is not None:  # the stop token ends the output; its own text is not returned
-            tokens, reason = tokens[:stop_at], "stop"
+            tokens = tokens[:stop_at]
+            reason = "stop"
             text = self._gateway.tokenizer.decode(list(tokens)) if tokens else ""
             self.num_output_tokens += 1
         self.num_output_tokens += len(tokens)

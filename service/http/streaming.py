@@ -51,7 +51,9 @@ class CompletionFormat:
     """/v1/completions: `text_completion` objects, streamed and whole."""
 
     def __init__(self, request_id: str, model: str, created: int) -> None:
-        self.request_id, self.model, self.created = request_id, model, created
+        self.request_id = request_id
+        self.model = model
+        self.created = created
 
     def _response(self, choices: list[CompletionChoice], usage: Usage | None) -> str:
         return CompletionResponse(
@@ -77,7 +79,9 @@ class ChatFormat:
     """/v1/chat/completions: `chat.completion.chunk` deltas and a `chat.completion`."""
 
     def __init__(self, request_id: str, model: str, created: int, *, include_usage: bool) -> None:
-        self.request_id, self.model, self.created = request_id, model, created
+        self.request_id = request_id
+        self.model = model
+        self.created = created
         self.include_usage = include_usage
 
     def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:

@@ -215,8 +215,10 @@ class WorkerPool:
 
     def _on_ready(self, message: ipc.WorkerReady) -> None:
         slot = self._slots[message.worker_id]
-        slot.ready, slot.start_failures = message, 0
-        started, all_ready = self._started, all(s.ready is not None for s in self._slots)
+        slot.ready = message
+        slot.start_failures = 0
+        started = self._started
+        all_ready = all(s.ready is not None for s in self._slots)
         if started is not None and not started.done() and all_ready:
             started.set_result(None)
 
@@ -235,7 +237,8 @@ class WorkerPool:
             pending = self._pending.get(prefilled.request_id)
             if pending is not None and pending.slot is slot:
                 self._unassign(pending)  # the prefill worker released it: on to a decode worker
-                pending.stage, pending.handed_tokens = "decode", prefilled.token_ids
+                pending.stage = "decode"
+                pending.handed_tokens = prefilled.token_ids
                 pending.kv = prefilled.kv
                 self._assign(pending)
 
@@ -260,7 +263,9 @@ class WorkerPool:
         if slot.last_error:
             why += f": {slot.last_error}"
         slot.start_failures = 0 if slot.ready is not None else slot.start_failures + 1
-        slot.ready, slot.stats, slot.proc = None, None, None
+        slot.ready = None
+        slot.stats = None
+        slot.proc = None
         if self.metrics is not None:
             self.metrics.forget_worker(slot.worker_id)
         if self._started is not None and not self._started.done():
@@ -276,7 +281,8 @@ class WorkerPool:
             logger.error("%s; giving up on it after %d failed starts", why, slot.start_failures)
             return
         logger.warning("%s; restarting it", why)
-        slot.restarts, slot.last_error = slot.restarts + 1, None
+        slot.restarts += 1
+        slot.last_error = None
         try:
             slot.proc = spawn_worker(self._ctx, self.settings, slot.worker_id)
         except OSError as exc:  # out of processes or descriptors: the slot stays empty

@@ -229,8 +229,11 @@ class PendingRequest:
         """Its worker died: go on from the tokens streamed so far, on a worker of `stage` (a
         hand-over's KV is gone with it, so those tokens are prefilled again too)."""
         if len(self.tokens) > len(self.handed_tokens) or self.kv_sent:
-            self.resumed_tokens, self.handed_tokens = tuple(self.tokens), ()
-            self.stage, self.kv, self.kv_sent = stage, None, False
+            self.resumed_tokens = tuple(self.tokens)
+            self.handed_tokens = ()
+            self.stage = stage
+            self.kv = None
+            self.kv_sent = False
 
     def take_kv(self) -> KVHandover | None:
         """The KV to send with its next `Submit` (once: the pool keeps no copy)."""
@@ -278,7 +281,8 @@ async def shutdown_workers(slots: Sequence[WorkerSlot], reader: OutboundReader |
     for proc in procs:
         proc.process.join(0.1)  # reap; the reader has stopped, so no other thread does
     for slot in slots:
-        slot.proc, slot.ready = None, None
+        slot.proc = None
+        slot.ready = None
 
 
 def describe_slot(slot: WorkerSlot) -> dict[str, Any]:

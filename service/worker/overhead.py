@@ -25,7 +25,9 @@ class HostOverhead:
     def before_step(self, now_s: float) -> float:
         """Call at an iteration's start; the lost time to add to the counter."""
         if self.start_s is None:
-            self.start_s, self.engine_s, self.counted_s = now_s, 0.0, 0.0
+            self.start_s = now_s
+            self.engine_s = 0.0
+            self.counted_s = 0.0
             return 0.0
         lost_s = now_s - self.start_s - self.engine_s
         if lost_s <= self.counted_s:

@@ -78,7 +78,8 @@ class Worker:
         self.loop, self._executor = build_loop(
             settings, self.engine, prefill_only=self._prefill_only
         )
-        self._inbound, self._outbound = inbound, outbound
+        self._inbound = inbound
+        self._outbound = outbound
         self._by_request: dict[str, TrackedRequest] = {}
         self._by_loop: dict[int, TrackedRequest] = {}
         self._next_loop_id = 0
@@ -202,7 +203,8 @@ class Worker:
         if tracked.run_tokens > tracked.num_sent:  # a restarted run skips what was streamed
             tracked.num_sent += 1
             self._counters.generation_tokens += 1
-            tokens, text = (token_id,), tracked.detok.add(token_id)
+            tokens = (token_id,)
+            text = tracked.detok.add(token_id)
         if is_last and tracked.loop_id in self._executor.handed_over:
             if tokens:
                 self._outbox.append(tracked.event(tokens, text))
@@ -309,7 +311,8 @@ class Worker:
         if self._outbox or self._prefilled:
             prefilled = tuple(self._prefilled)
             self._outbound.send(ipc.Events(self.worker_id, tuple(self._outbox), prefilled))
-            self._outbox, self._prefilled = [], []
+            self._outbox = []
+            self._prefilled = []
 
     def _report(self, *, force: bool) -> None:
         now = time.monotonic()
@@ -327,7 +330,9 @@ class Worker:
             loop.kv_capacity_tokens,
         )
         self._outbound.send(ipc.Stats(stats))
-        self._counters, self._dirty, self._last_report_s = WorkerCounters(), False, now
+        self._counters = WorkerCounters()
+        self._dirty = False
+        self._last_report_s = now
 
 
 def worker_main(

@@ -97,7 +97,10 @@ class Evaluator:
         cluster: ClusterSpec,
         coupling: Coupling = "little",
     ) -> None:
-        self.stats, self.cost, self.cluster, self.coupling = stats, cost, cluster, coupling
+        self.stats = stats
+        self.cost = cost
+        self.cluster = cluster
+        self.coupling = coupling
         self._memo: dict[Config, Prediction] = {}
 
     @property

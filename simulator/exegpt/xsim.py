@@ -146,7 +146,9 @@ def _predict_waa(
     enc_tp, dec_tp = config.tp_split()
     enc = make_layout(config.encode_gpus, config.tp_degree, enc_tp)
     dec = make_layout(config.decode_gpus, config.tp_degree, dec_tp)
-    b_e, b_d, ctx = config.encode_batch, float(config.decode_batch), stats.mean_context_tokens
+    b_e = config.encode_batch
+    b_d = float(config.decode_batch)
+    ctx = stats.mean_context_tokens
     t_enc, enc_period = encode_time_s(cost, cluster, enc, b_e, stats.mean_prompt_tokens)
     tau_d = decode_iteration_s(cost, cluster, dec, b_d, ctx, config.micro_batches)
     throughput = b_e / max(enc_period, tau_d)
