@@ -7,9 +7,13 @@ load, no admission while the former would evict, the idle rule and the unknown-c
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from algorithms import make_batch_former
+from algorithms.state import SchedulerState
+from algorithms.types import BatchDecision, WaitingRequest
 from service.backends.upstream.flight import Flight
 from service.backends.upstream.scheduler import UpstreamScheduler
 from service.backends.upstream.state import Upstream, parse_load
@@ -109,3 +113,31 @@ def test_remove_and_requeue() -> None:
     sched.queue(flight("a", 5, 10))
     assert sent(sched.dispatch(0.0)) == [("a", 0)] and not sched.is_waiting("a")
     assert sched.remove("a") and len(sched.running(ups[0])) == 0
+
+
+class BrokenFormer:
+    """mcsf's order and contract, but form_batch raises (a bug in a policy)."""
+
+    def __init__(self) -> None:
+        self.inner = make_batch_former("mcsf")
+        self.name, self.can_evict, self.clairvoyant = "broken", False, False
+
+    def waiting_key(self, request: WaitingRequest) -> Any:
+        return self.inner.waiting_key(request)
+
+    def planning_length(self, request: WaitingRequest) -> int:
+        return self.inner.planning_length(request)
+
+    def form_batch(self, state: SchedulerState) -> BatchDecision:
+        raise IndexError("bug")
+
+
+def test_a_former_that_raises_strands_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    ups = upstreams(1000)
+    sched = UpstreamScheduler(BrokenFormer(), ups)
+    for f in (flight("a", 5, 50), flight("b", 5, 10)):
+        sched.queue(f)
+    assert sent(sched.dispatch(0.0)) == [("b", 0)]  # idle: the former's first, shortest hi
+    assert "broken failed" in caplog.text
+    assert sched.dispatch(1.0) == []  # busy: the broken former admits nothing
+    assert sched.remove("b") and sent(sched.dispatch(2.0)) == [("a", 0)]

@@ -16,7 +16,9 @@ upstream's KV capacity as M. Each admission is one call of the former through
   overflows the capacity) that upstream takes nothing more until requests finish, and the
   upstream's own engine preempts if it must;
 * an idle upstream takes the first waiting request in the former's order even when the former
-  would not admit it (a request larger than the capacity would wait forever otherwise);
+  would not admit it (a request larger than the capacity would wait forever otherwise); a
+  former that raises (a bug) is logged and admits nothing, so the idle rule still drains the
+  queue and no accepted request waits forever;
 * until an upstream's capacity is known (`--upstream-kv-tokens`, or learned from its /metrics)
   the former cannot plan against it: it takes the first waiting request in the former's order
   while it has fewer than `--max-batch-size` requests and reports KV usage below 90%.
@@ -28,6 +30,7 @@ of the upstream it was sent to; `remove` takes it out of either.
 from __future__ import annotations
 
 import itertools
+import logging
 from typing import Final
 
 import numpy as np
@@ -40,6 +43,7 @@ from service.backends.upstream.flight import Flight
 from service.backends.upstream.state import Upstream
 
 UNBOUNDED_TOKENS: Final = 2**62  # KV capacity of an upstream whose capacity is not known yet
+logger = logging.getLogger("kvsched.upstream")
 
 
 class UpstreamScheduler:
@@ -151,16 +155,22 @@ class UpstreamScheduler:
             return None
         room = min(len(running) + 1, upstream.max_in_flight)
         state = SchedulerState(self.step, now_s, self.waiting, running, capacity, room)
-        decision = self.former.form_batch(state)
-        settled = settle(
-            self.former,
-            decision,
-            self.waiting,
-            running,
-            capacity,
-            max_batch_size=room,
-            strict=False,
-        )
+        try:
+            decision = self.former.form_batch(state)
+            settled = settle(
+                self.former,
+                decision,
+                self.waiting,
+                running,
+                capacity,
+                max_batch_size=room,
+                strict=False,
+            )
+        except Exception:  # a bug in the former must not strand the requests waiting here
+            logger.exception(
+                "%s failed on %s; it admits nothing there", self.former.name, upstream.url
+            )
+            return None
         if settled.evict or not settled.admit:
             return None
         return settled.admit[0]
